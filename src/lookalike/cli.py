@@ -1,0 +1,104 @@
+"""The `lookalike` command: a table of verbs over one run folder. No logic of its own.
+
+Every verb is ``lookalike VERB RUN [--config FILE | --preset NAME] [key=value ...]``; the
+key=value pairs are dotted overrides of the run's config (``train.learning_rate=2e-6``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lookalike.errors import LookalikeError
+
+# verb -> (module, function, one-line help). Functions take (run, **verb_flags) and return a
+# printable summary (or None).
+VERBS: dict[str, tuple[str, str, str]] = {
+    "prepare": ("lookalike.data.prepare", "prepare_run", "Clean, orient, crop and de-duplicate the subject photos."),
+    "identifier": ("lookalike.identifier", "check_run", "Check the identifier token on the model's tokenizer; propose rare ones."),
+    "priors": ("lookalike.prior.generate", "generate_priors", "Generate (or top up) the class-prior images."),
+    "train": ("lookalike.train.loop", "train_run", "Train with prior preservation; resumes from the latest checkpoint."),
+}
+
+EPILOG = """examples:
+  lookalike prepare runs/me subject.photos=~/photos/me subject.class_noun=man subject.kind=person
+  lookalike identifier runs/me
+  lookalike priors runs/me priors.num_images=200
+  lookalike train runs/me --preset person-lora train.max_steps=800
+  lookalike config --help-keys        every config key with its default and help
+
+Every verb reads and writes one run folder; running a verb again continues where it stopped.
+Create a file named STOP in the run folder to stop a running verb cleanly."""
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder, e.g. runs/me (created if missing)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", metavar="FILE", help="TOML config to start from (replaces the run's saved config)")
+    src.add_argument("--preset", metavar="NAME", help="shipped preset to start from (see `lookalike config --presets`)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.max_steps=400")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lookalike",
+        description="Teach a text-to-image model one subject from a few photos (DreamBooth), then render it anywhere.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, (_, _, help_text) in VERBS.items():
+        _add_run_args(verbs.add_parser(name, help=help_text, description=help_text))
+    cfg_parser = verbs.add_parser("config", help="Show the resolved config of a run, every key, or the presets.")
+    cfg_parser.add_argument("run", nargs="?", help="run folder whose config to show")
+    cfg_parser.add_argument("--help-keys", action="store_true", help="list every key with its default and help")
+    cfg_parser.add_argument("--presets", action="store_true", help="list the shipped presets")
+    return parser
+
+
+def _config_verb(args: argparse.Namespace) -> str:
+    from lookalike import config as cfg
+    from lookalike.run import Run
+
+    if args.help_keys:
+        return cfg.describe_keys()
+    if args.presets:
+        return "\n".join(cfg.preset_names())
+    if args.run:
+        return cfg.to_toml(Run.open(args.run).config)
+    raise LookalikeError("give a run folder, --help-keys or --presets")
+
+
+def dispatch(args: argparse.Namespace) -> str | None:
+    if args.verb == "config":
+        return _config_verb(args)
+    from lookalike.run import Run
+
+    module, function, _ = VERBS[args.verb]
+    run = Run.open(args.run, config_file=args.config, preset=args.preset, overrides=args.overrides)
+    result = getattr(importlib.import_module(module), function)(run)
+    return None if result is None else str(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    try:
+        out = dispatch(args)
+    except LookalikeError as err:
+        print(f"lookalike {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lookalike {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    if out:
+        print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny SD1 / SD2 / SDXL models built from configs, saved once per session, loaded offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Tests never reach a model hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """family -> folder of a saved tiny random pipeline (64 px)."""
+    from lookalike.models.tiny import FAMILIES, save_tiny
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: save_tiny(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1(tiny_models) -> Path:
+    return tiny_models["sd1"]
+
+
+def make_photos(folder: Path, count: int = 4, size: int = 96, seed: int = 0) -> list[Path]:
+    """Distinct synthetic 'photos' (coloured shapes on noise) written as PNG files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        y, x = rng.integers(0, size // 2, 2)
+        arr[y : y + size // 2, x : x + size // 2] = rng.integers(0, 256, 3, dtype=np.uint8)
+        path = folder / f"photo_{i}.png"
+        Image.fromarray(arr).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    make_photos(folder)
+    return folder
