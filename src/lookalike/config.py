@@ -7,6 +7,7 @@ CLI flags are dotted overrides (``train.learning_rate=2e-6``); ``subject.X`` is 
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -230,9 +231,7 @@ def load_preset(name: str) -> dict[str, Any]:
 
 
 def build(base: dict[str, Any] | None = None, overrides: list[str] = ()) -> RunConfig:
-    data = dict(base or {})
-    if "subjects" in data:
-        data["subjects"] = [dict(s) for s in data["subjects"]]
+    data = copy.deepcopy(base or {})
     for assignment in overrides:
         apply_override(data, assignment)
     return validate(data)
