@@ -135,12 +135,35 @@ class TrainConfig(Section):
     log_every: int = Field(10, ge=1, description="Log loss to TensorBoard and events every N steps.")
 
 
+class AuditConfig(Section):
+    clip_model: str = Field(
+        "auto",
+        description="CLIP for the attribute probes: 'auto' (the toy CLIP for the toy model, else "
+        "openai/clip-vit-large-patch14), 'toy', a local CLIPModel folder or a hub id.",
+    )
+    attributes_file: str | None = Field(
+        None, description="TOML of extra attribute probes, merged over the bundled ones (see docs/METRICS.md)."
+    )
+    threshold: float = Field(
+        0.25, gt=0, le=1, description="Report an attribute when an option's share differs by more than this (0-1)."
+    )
+    apply: bool = Field(
+        False, description="Write the refined class prompt into subject.class_prompt, so `lookalike priors` regenerates."
+    )
+    duplicate_distance: int = Field(
+        4, ge=0, le=64, description="Flag priors whose perceptual hashes differ in at most this many of 64 bits."
+    )
+    blank_std: float = Field(4.0, ge=0, description="Flag priors whose grey-level standard deviation (0-255) is below this.")
+    batch_size: int = Field(16, ge=1, description="Images per CLIP forward pass.")
+
+
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     subjects: list[SubjectConfig] = Field(default_factory=lambda: [SubjectConfig()], min_length=1)
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     priors: PriorsConfig = Field(default_factory=PriorsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "RunConfig":
