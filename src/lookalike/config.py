@@ -157,6 +157,43 @@ class AuditConfig(Section):
     batch_size: int = Field(16, ge=1, description="Images per CLIP forward pass.")
 
 
+class GenerateConfig(Section):
+    styles: str | list[str] = Field(
+        "all", description="Styles of the style pack to render: a list of names, 'all', or [] for none."
+    )
+    prompts: list[str] = Field(default_factory=list, description="Extra prompts to render; {subject} becomes 'identifier class_noun'.")
+    subject: str | None = Field(None, description="Name of the subject {subject} stands for; defaults to the first.")
+    seeds_per_prompt: int = Field(4, ge=1, description="Candidates rendered per prompt (the N of best-of-N).")
+    keep: int | None = Field(2, ge=1, description="Keep the k best candidates per prompt by likeness; all when unset.")
+    scorer: str = Field("histogram", description="Likeness scorer for best-of-N (see docs/GENERATE.md for the names).")
+    seed: int = Field(0, description="Seed of each prompt's first candidate; candidate i uses seed + i.")
+    scheduler: Literal["dpm++", "ddim", "euler", "euler_a", "pndm"] = Field(
+        "dpm++", description="Sampler: dpm++ (DPM-Solver++ multistep), ddim, euler, euler_a or pndm."
+    )
+    steps: int = Field(30, ge=1, description="Sampling steps of the scheduler.")
+    guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale.")
+    width: int | None = Field(None, ge=8, multiple_of=8, description="Image width; defaults to prepare.resolution.")
+    height: int | None = Field(None, ge=8, multiple_of=8, description="Image height; defaults to prepare.resolution.")
+    batch_size: int = Field(4, ge=1, description="Images rendered per forward pass.")
+    boosters: list[str] = Field(
+        default_factory=lambda: ["highly detailed", "award-winning"],
+        description="Quality phrases appended to every prompt.",
+    )
+    negative_prompt: str = Field(
+        "blurry, lowres, deformed, disfigured, watermark, text", description="Negative prompt for every image (a style's own is added)."
+    )
+    style_file: str | None = Field(None, description="Your own style-pack TOML (format: docs/GENERATE.md).")
+    style_file_mode: Literal["merge", "replace"] = Field(
+        "merge", description="merge: your styles over the bundled pack; replace: only yours."
+    )
+    checkpoint: str | None = Field(
+        None, description="Render from a checkpoint (e.g. step-000400), 'base' for the untrained base model, or the final model when unset."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights' precision: auto is float16 on a GPU, float32 on the CPU."
+    )
+
+
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     subjects: list[SubjectConfig] = Field(default_factory=lambda: [SubjectConfig()], min_length=1)
@@ -164,6 +201,7 @@ class RunConfig(Section):
     priors: PriorsConfig = Field(default_factory=PriorsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "RunConfig":
