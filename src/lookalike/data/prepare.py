@@ -60,7 +60,7 @@ class SubjectReport:
         crops = [row["crop"] for row in self.rows]
         head = (
             f"{self.name}: prepared {len(self.rows)} photos at {self.resolution} px into {self.folder} "
-            f"({crops.count('face')} face crops, {crops.count('center')} centre crops; "
+            f"(crops: {crops.count('face')} face, {crops.count('center')} centre; "
             f"{len(self.skipped)} skipped, {len(self.dropped)} duplicates dropped)"
         )
         return "\n".join([head, *(f"  {line}" for line in self.skipped + self.dropped + self.notes)])
