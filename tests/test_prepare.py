@@ -213,6 +213,16 @@ def test_photos_folder_unset_names_the_key(tmp_path):
         _prepare(run)
 
 
+def test_refuses_to_read_from_the_prepared_set_itself(tmp_path, photo_folder):
+    run = _open(tmp_path, photo_folder)
+    _prepare(run)
+    prepared = run.instance_dir("subject")
+    previous = _snapshot(prepared)
+    with pytest.raises(LookalikeError, match="is the prepared set itself"):
+        _prepare(_open(tmp_path, prepared))
+    assert _snapshot(prepared) == previous
+
+
 # ---------------------------------------------------------------- the CLI
 
 

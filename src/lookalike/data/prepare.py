@@ -76,7 +76,7 @@ class PrepareReport:
 
 def prepare_run(run: Run) -> PrepareReport:
     """Prepare every subject's photos; all prepared sets are replaced together or not at all."""
-    folders = [photos_folder(subject, i) for i, subject in enumerate(run.config.subjects)]
+    folders = [photos_folder(run, subject, i) for i, subject in enumerate(run.config.subjects)]
     reports = []
     with contextlib.ExitStack() as swaps:
         for subject, folder in zip(run.config.subjects, folders):
@@ -90,13 +90,17 @@ def prepare_run(run: Run) -> PrepareReport:
     return PrepareReport(reports)
 
 
-def photos_folder(subject: cfg.SubjectConfig, index: int) -> Path:
+def photos_folder(run: Run, subject: cfg.SubjectConfig, index: int) -> Path:
     key = "subject.photos" if index == 0 else f"subjects.{index}.photos"
     if not subject.photos:
         raise LookalikeError(f"subject {subject.name!r} has no photos folder: set {key}=DIR")
     folder = Path(subject.photos).expanduser()
     if not folder.is_dir():
         raise LookalikeError(f"photos folder {folder} of subject {subject.name!r} not found: set {key}=DIR to the folder holding the photos")
+    # The prepared set replaces its folder whole: reading from inside it would delete the originals.
+    prepared = run.instance_dir(subject.name).resolve()
+    if folder.resolve() == prepared or prepared in folder.resolve().parents:
+        raise LookalikeError(f"{key}={folder} is the prepared set itself: point it at your original photos")
     return folder
 
 
@@ -104,7 +108,11 @@ def prepare_subject(run: Run, subject: cfg.SubjectConfig, folder: Path, staging:
     """Write the prepared PNGs and manifest of one subject into ``staging``."""
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     run.emit(VERB, "start", subject=subject.name, folder=str(folder.resolve()), files=len(entries))
-    candidates = [c for c in (_read(run, path, report) for path in _progress(entries, f"reading {subject.name}")) if c]
+    candidates = []
+    for path in _progress(entries, f"reading {subject.name}"):
+        candidate = _read(run, subject.name, path, report)
+        if candidate is not None:
+            candidates.append(candidate)
     keepers = deduplicate(candidates, run.config.prepare.dedupe_distance, report)
     for line in report.dropped:
         run.emit(VERB, "dropped", subject=subject.name, note=line)
@@ -134,13 +142,13 @@ def _check_stop(run: Run) -> None:
         raise LookalikeError(f"stopped by {run.stop_path}; the previous prepared set is unchanged (delete STOP and run again)")
 
 
-def _read(run: Run, path: Path, report: SubjectReport) -> Candidate | None:
+def _read(run: Run, subject: str, path: Path, report: SubjectReport) -> Candidate | None:
     _check_stop(run)
     try:
         image = open_image(path)
     except UnusableImage as err:
         report.skipped.append(f"skipped {path.name}: {err.reason}")
-        run.emit(VERB, "skipped", file=path.name, reason=err.reason)
+        run.emit(VERB, "skipped", subject=subject, file=path.name, reason=err.reason)
         return None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return Candidate(path, image.width, image.height, phash(image), digest)
