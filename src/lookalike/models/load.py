@@ -1,8 +1,8 @@
 """Load a base model's parts (UNet, VAE, text encoders, tokenizers, noise scheduler) for any family.
 
 Training, priors and generation all start from :func:`load_components`; nothing else opens
-model files. The family is read from the pipeline's configs: two text encoders mean SDXL, a
-v-prediction scheduler means SD2.x, otherwise SD1.x.
+model files. The family is read from the pipeline's configs: two text encoders mean SDXL, an OpenCLIP
+(gelu) text encoder means SD2.x, otherwise SD1.x.
 """
 
 from __future__ import annotations
@@ -37,11 +37,17 @@ class Components:
 
 
 def detect_family(pipeline: Any) -> str:
+    """sdxl: two text encoders; sd2: OpenCLIP-H text encoder (gelu); sd1: OpenAI CLIP-L (quick_gelu).
+
+    The text encoder, not the scheduler, tells SD2 from SD1: SD2-base (512 px) predicts epsilon
+    and SD2.1 (768 px) v; training reads the prediction type from the scheduler either way.
+    """
     if getattr(pipeline, "text_encoder_2", None) is not None:
         return "sdxl"
-    if pipeline.scheduler.config.get("prediction_type") == "v_prediction":
-        return "sd2"
-    return "sd1"
+    text_encoder = getattr(pipeline, "text_encoder", None)
+    if text_encoder is not None:
+        return "sd2" if text_encoder.config.hidden_act == "gelu" else "sd1"
+    return "sd2" if pipeline.scheduler.config.get("prediction_type") == "v_prediction" else "sd1"
 
 
 def load_pipeline(model: ModelConfig, dtype: torch.dtype = torch.float32) -> tuple[Any, str]:
@@ -56,6 +62,13 @@ def load_pipeline(model: ModelConfig, dtype: torch.dtype = torch.float32) -> tup
             f"set model.family={family} or model.family=auto"
         )
     return pipeline, family
+
+
+def load_tokenizers(model: ModelConfig) -> list[Any]:
+    """The base model's tokenizer(s) only (two for SDXL): cheap, for checks before any weights load."""
+    from lookalike.models.sources import open_tokenizers
+
+    return open_tokenizers(model)
 
 
 def load_components(model: ModelConfig, dtype: torch.dtype = torch.float32) -> Components:
