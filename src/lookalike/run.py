@@ -104,8 +104,9 @@ class Run:
         config_file: Path | str | None = None,
         preset: str | None = None,
         overrides: list[str] = (),
+        save: bool = True,
     ) -> "Run":
-        """Open (or start) a run: base config + overrides, validated, then saved into the folder.
+        """Open (or start) a run: base config + overrides, validated, then (if ``save``) saved.
 
         The base is, in order: ``config_file``, ``preset``, the run's own config.toml, defaults.
         Nothing is written unless the result is valid.
@@ -123,7 +124,8 @@ class Run:
         else:
             base = {}
         run = cls(root, cfg.build(base, list(overrides)))
-        run.save_config()
+        if save:
+            run.save_config()
         return run
 
     def save_config(self) -> None:
