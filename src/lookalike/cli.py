@@ -18,6 +18,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "prepare": ("lookalike.data.prepare", "prepare_run", "Clean, orient, crop and de-duplicate the subject photos."),
     "identifier": ("lookalike.identifier", "check_run", "Check the identifier token on the model's tokenizer; propose rare ones."),
     "priors": ("lookalike.prior.generate", "generate_priors", "Generate (or top up) the class-prior images."),
+    "audit": ("lookalike.prior.audit", "audit_run", "Compare priors with the subject photos; flag bad priors, propose a refined class prompt."),
     "train": ("lookalike.train.loop", "train_run", "Train with prior preservation; resumes from the latest checkpoint."),
 }
 
@@ -76,8 +77,15 @@ def dispatch(args: argparse.Namespace) -> str | None:
     from lookalike.run import Run
 
     module, function, _ = VERBS[args.verb]
-    run = Run.open(args.run, config_file=args.config, preset=args.preset, overrides=args.overrides)
-    result = getattr(importlib.import_module(module), function)(run)
+    # The config is saved only once the verb has accepted it: a verb that refuses its input
+    # (missing photos, say) leaves the run's saved config as it was.
+    run = Run.open(args.run, config_file=args.config, preset=args.preset, overrides=args.overrides, save=False)
+    try:
+        result = getattr(importlib.import_module(module), function)(run)
+    except KeyboardInterrupt:
+        run.save_config()
+        raise
+    run.save_config()
     return None if result is None else str(result)
 
 
