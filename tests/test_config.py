@@ -102,3 +102,11 @@ def test_ci_runs_the_readme_test_command():
     assert blocks[0].startswith("# 1.") and blocks[2].startswith("# 2.")
     test_command = blocks[3].strip()
     assert test_command in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_verb_that_refuses_its_input_keeps_saved_config(tmp_path, photos, capsys):
+    run_dir = tmp_path / "r"
+    assert main(["prepare", str(run_dir), f"subject.photos={photos}", "prepare.resolution=64"]) == 0
+    assert main(["prepare", str(run_dir), f"subject.photos={tmp_path / 'missing'}"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert Run.open(run_dir, save=False).config.subjects[0].photos == str(photos)
