@@ -194,6 +194,42 @@ class GenerateConfig(Section):
     )
 
 
+class EvalConfig(Section):
+    clip_model: str = Field(
+        "auto",
+        description="CLIP for CLIP-I / CLIP-T: 'auto' (the toy CLIP for the toy model, else "
+        "openai/clip-vit-large-patch14), 'toy', a local CLIPModel folder or a hub id.",
+    )
+    dino_model: str = Field(
+        "facebook/dino-vits16",
+        description="DINO ViT for DINO / PRES / DIV: a local ViTModel folder or hub id; 'none' skips those "
+        "columns (they are also skipped, with a note, when it cannot be loaded).",
+    )
+    prompts_file: str | None = Field(None, description="TOML of your own eval prompts (format: docs/METRICS.md).")
+    prompts_mode: Literal["merge", "replace"] = Field(
+        "merge", description="merge: your prompts added to the bundled set; replace: only yours."
+    )
+    max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts of the set (a quick look); all when unset.")
+    class_prompt: str = Field("a photo of a {class_noun}", description="Plain class prompt whose samples PRES compares with the subject.")
+    samples_per_prompt: int = Field(4, ge=1, description="Images per prompt (DIV needs at least 2).")
+    seed: int = Field(0, description="Seed of every prompt's first image; image i uses seed + i, the same for every checkpoint.")
+    steps: int = Field(30, ge=1, description="Sampling steps of the scheduler.")
+    guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale.")
+    scheduler: Literal["dpm++", "ddim", "euler", "euler_a", "pndm"] = Field(
+        "dpm++", description="Sampler: dpm++ (DPM-Solver++ multistep), ddim, euler, euler_a or pndm."
+    )
+    negative_prompt: str = Field("", description="Negative prompt for every eval image.")
+    resolution: int | None = Field(None, ge=8, multiple_of=8, description="Eval image size; defaults to prepare.resolution.")
+    batch_size: int = Field(4, ge=1, description="Images rendered per forward pass.")
+    include_base: bool = Field(True, description="Also evaluate the untrained base model, as step 0 (before vs after).")
+    clip_t_tolerance: float = Field(
+        0.02, ge=0, description="Recommend only checkpoints whose CLIP-T is at most this far below the base model's."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights' precision: auto is float16 on a GPU, float32 on the CPU."
+    )
+
+
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     subjects: list[SubjectConfig] = Field(default_factory=lambda: [SubjectConfig()], min_length=1)
@@ -202,6 +238,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "RunConfig":
