@@ -20,6 +20,15 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "priors": ("lookalike.prior.generate", "generate_priors", "Generate (or top up) the class-prior images."),
     "audit": ("lookalike.prior.audit", "audit_run", "Compare priors with the subject photos; flag bad priors, propose a refined class prompt."),
     "train": ("lookalike.train.loop", "train_run", "Train with prior preservation; resumes from the latest checkpoint."),
+    "generate": ("lookalike.sample.generate", "generate_run", "Render the subject in styles and prompts, best-of-N, with an HTML gallery."),
+}
+
+# Flags only some verbs take: verb -> {flag: argparse keywords}; the values reach the verb function
+# as keywords. Such a verb may leave out RUN when a flag says where to work (generate --from IMAGE).
+VERB_FLAGS: dict[str, dict[str, dict]] = {
+    "generate": {
+        "--from": dict(dest="from_image", metavar="IMAGE", help="re-render IMAGE exactly from the parameters it carries (RUN defaults to the image's run)")
+    },
 }
 
 EPILOG = """examples:
@@ -27,14 +36,17 @@ EPILOG = """examples:
   lookalike identifier runs/me
   lookalike priors runs/me priors.num_images=200
   lookalike train runs/me --preset person-lora train.max_steps=800
+  lookalike generate runs/me generate.styles='["film-noir","monet"]'   (or: generate --from IMAGE.png)
   lookalike config --help-keys        every config key with its default and help
 
 Every verb reads and writes one run folder; running a verb again continues where it stopped.
 Create a file named STOP in the run folder to stop a running verb cleanly."""
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run folder, e.g. runs/me (created if missing)")
+def _add_run_args(p: argparse.ArgumentParser, flags: dict[str, dict]) -> None:
+    p.add_argument("run", nargs="?" if flags else None, help="run folder, e.g. runs/me (created if missing)")
+    for flag, spec in flags.items():
+        p.add_argument(flag, **spec)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--config", metavar="FILE", help="TOML config to start from (replaces the run's saved config)")
     src.add_argument("--preset", metavar="NAME", help="shipped preset to start from (see `lookalike config --presets`)")
@@ -50,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     for name, (_, _, help_text) in VERBS.items():
-        _add_run_args(verbs.add_parser(name, help=help_text, description=help_text))
+        _add_run_args(verbs.add_parser(name, help=help_text, description=help_text), VERB_FLAGS.get(name, {}))
     cfg_parser = verbs.add_parser("config", help="Show the resolved config of a run, every key, or the presets.")
     cfg_parser.add_argument("run", nargs="?", help="run folder whose config to show")
     cfg_parser.add_argument("--help-keys", action="store_true", help="list every key with its default and help")
@@ -77,11 +89,18 @@ def dispatch(args: argparse.Namespace) -> str | None:
     from lookalike.run import Run
 
     module, function, _ = VERBS[args.verb]
+    verb = getattr(importlib.import_module(module), function)
+    flags = {spec["dest"]: getattr(args, spec["dest"]) for spec in VERB_FLAGS.get(args.verb, {}).values()}
+    if args.run is None:
+        if all(v is None for v in flags.values()):
+            raise LookalikeError(f"give a run folder: lookalike {args.verb} RUN")
+        result = verb(None, **flags)
+        return None if result is None else str(result)
     # The config is saved only once the verb has accepted it: a verb that refuses its input
     # (missing photos, say) leaves the run's saved config as it was.
     run = Run.open(args.run, config_file=args.config, preset=args.preset, overrides=args.overrides, save=False)
     try:
-        result = getattr(importlib.import_module(module), function)(run)
+        result = verb(run, **flags)
     except KeyboardInterrupt:
         run.save_config()
         raise
