@@ -41,6 +41,12 @@ def test_bundled_attributes_and_user_file_merged_over_them(tmp_path):
     assert merged["beard"] == ("bearded", "shaved") and "tattoo" in merged and "glasses" in merged
 
 
+def test_toy_model_uses_the_toy_worlds_own_probe_words():
+    toy = {a.name: a.options for a in probes.load_attributes("person", toy=True)}
+    assert toy["beard"] == ("beard", "clean-shaven") and toy["glasses"] == ("glasses", "no glasses")
+    assert "fur" in {a.name for a in probes.load_attributes("pet", toy=True)}
+
+
 @pytest.mark.parametrize(
     "text, message",
     [(None, "not found"), ("[person\n", "not valid TOML"), ('[person]\nbeard = ["only one"]\n', "person.beard needs")],
@@ -79,6 +85,8 @@ def test_refined_prompt_names_the_subjects_attributes_once():
     refined = probes.refine_prompt("a photo of a {class_noun}", findings)
     assert refined == "a photo of a {class_noun}, clean-shaven, wearing glasses"
     assert probes.refine_prompt(refined, findings) == refined
+    toy_glasses = probes.compare(probes.Attribute("glasses", ("glasses", "no glasses")), choices(10, 190), choices(6, 0), 0.25)
+    assert probes.refine_prompt("a photo of a man, no glasses", [toy_glasses]) == "a photo of a man, glasses"
 
 
 class KeywordTexts:

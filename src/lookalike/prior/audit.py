@@ -73,7 +73,7 @@ def open_sets(run: Run, subject: cfg.SubjectConfig) -> tuple[ImageSet, ImageSet]
 
 def audit_subject(run: Run, subject: cfg.SubjectConfig, clip: ClipEmbedder, sets: tuple[ImageSet, ImageSet]) -> SubjectAudit:
     priors, photos = sets
-    attributes = probes.load_attributes(subject.kind, run.config.audit.attributes_file)
+    attributes = probes.load_attributes(subject.kind, run.config.audit.attributes_file, toy=clip_source(run) == "toy")
     prior_feats = clip.embed_images([priors.images[f] for f in priors.usable()])
     photo_feats = clip.embed_images([photos.images[f] for f in photos.usable()])
     option_feats = probes.option_features(clip, attributes, subject.class_noun)

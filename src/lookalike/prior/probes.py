@@ -47,9 +47,17 @@ def _read_attribute_tables(path: Path) -> dict[str, dict[str, list[str]]]:
     return data
 
 
-def load_attributes(kind: str, extra_file: str | Path | None = None) -> list[Attribute]:
-    """The probes for a subject kind: the bundled ones, with ``extra_file``'s merged over them."""
-    tables = _read_attribute_tables(BUNDLED_ATTRIBUTES)
+def toy_attribute_tables() -> dict[str, dict[str, list[str]]]:
+    """The toy world's own probes (its caption vocabulary is all its CLIP knows), keyed by kind."""
+    from lookalike.toyworld import world
+
+    kinds = {"person": "person", "dog": "pet", "cup": "object"}
+    return {kinds[cls]: {name: list(options) for name, options in table.items()} for cls, table in world.ATTRIBUTES.items()}
+
+
+def load_attributes(kind: str, extra_file: str | Path | None = None, toy: bool = False) -> list[Attribute]:
+    """The probes for a subject kind: bundled (or the toy world's), with ``extra_file``'s merged over them."""
+    tables = toy_attribute_tables() if toy else _read_attribute_tables(BUNDLED_ATTRIBUTES)
     if extra_file is not None:
         for extra_kind, table in _read_attribute_tables(Path(extra_file)).items():
             tables.setdefault(extra_kind, {}).update(table)
@@ -148,12 +156,17 @@ def compare(attribute: Attribute, prior_choices: np.ndarray, subject_choices: np
 def refine_prompt(class_prompt: str, findings: Sequence[Finding]) -> str:
     """The class prompt naming the subject's own option for every attribute where priors differ.
 
-    Options the prompt already names are not repeated, so auditing again after regenerating the
-    priors leaves an already refined prompt as it is.
+    The prompt is read as comma-separated parts. A part naming another option of the same
+    attribute is replaced; an option already named is not repeated, so auditing again after
+    regenerating the priors leaves a refined prompt as it is.
     """
-    additions = [
-        f.subject_option
-        for f in findings
-        if f.differs and f.subject_option and f.subject_option.lower() not in class_prompt.lower()
-    ]
-    return ", ".join([class_prompt.rstrip(" ,."), *additions]) if additions else class_prompt
+    original = [part.strip() for part in class_prompt.split(",") if part.strip()]
+    parts = list(original)
+    for f in findings:
+        if not (f.differs and f.subject_option):
+            continue
+        others = {o.lower() for o in f.options if o != f.subject_option}
+        parts = [part for part in parts if part.lower() not in others]
+        if f.subject_option.lower() not in {part.lower() for part in parts}:
+            parts.append(f.subject_option)
+    return class_prompt if parts == original else ", ".join(parts)
