@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lookalike.config import ModelConfig
 from lookalike.errors import LookalikeError
 from lookalike.run import Run
 from lookalike.sample.pngmeta import weights_hash
@@ -49,11 +50,11 @@ def weight_files(location: Path) -> list[Path]:
     return sorted(f for pattern in WEIGHT_GLOBS for f in location.glob(pattern))
 
 
-def base_location(run: Run) -> Path | None:
-    """Where the base model's files are on disk, if they are (hub models only when cached)."""
+def base_location(model: ModelConfig) -> Path | None:
+    """Where a base model's files are on disk, if they are (hub models only when cached)."""
     from lookalike.models.sources import resolve_source
 
-    source = resolve_source(run.config.model)
+    source = resolve_source(model)
     if source.kind != "hub":
         return Path(source.location)
     try:
@@ -64,37 +65,39 @@ def base_location(run: Run) -> Path | None:
         return None
 
 
-def trained_location(run: Run, checkpoint: str | None) -> Path:
-    location = run.model_dir if checkpoint is None else run.checkpoints_dir / checkpoint
-    if not location.is_dir():
-        what = "trained model" if checkpoint is None else f"checkpoint {checkpoint}"
-        raise LookalikeError(
-            f"no {what} in {location}: run `lookalike train {run.root}` first, "
-            "or set generate.checkpoint=base to render with the untrained base model"
-        )
-    return location
+def base_hash(model: ModelConfig) -> str | None:
+    location = base_location(model)
+    return weights_hash(weight_files(location)) if location else None
+
+
+def _open_base(run: Run, dtype: torch.dtype) -> ModelRef:
+    from lookalike.models.load import load_pipeline
+
+    model = run.config.model
+    pipeline, family = load_pipeline(model, dtype)
+    return ModelRef(pipeline, family, "base", Path(model.source).stem, model.source, base_hash(model), None)
+
+
+def _open_trained(run: Run, checkpoint: str | None, dtype: torch.dtype) -> ModelRef:
+    from lookalike.models.trained import open_trained, trained_folder
+
+    try:
+        folder = trained_folder(run, checkpoint)
+    except LookalikeError as err:
+        raise LookalikeError(f"{err}, or set generate.checkpoint=base to render with the untrained base model") from None
+    pipeline, info = open_trained(run, checkpoint=checkpoint, dtype=dtype)
+    name = run.root.resolve().name + (f"-{checkpoint}" if checkpoint else "")
+    if info["method"] != "lora":
+        return ModelRef(pipeline, info["family"], info["method"], name, info["base_model"], weights_hash(weight_files(folder)), None)
+    base = run.config.model.model_copy(update={"source": info["base_model"]})
+    lora = folder / LORA_FILE
+    lora_hash = weights_hash([lora]) if lora.is_file() else None
+    return ModelRef(pipeline, info["family"], "lora", name, info["base_model"], base_hash(base), lora_hash)
 
 
 def open_model(run: Run, checkpoint: str | None, dtype: torch.dtype, device: str) -> ModelRef:
     """The pipeline on ``device`` and what it is, for the PNG metadata."""
-    source = run.config.model.source
-    base_files = weight_files(base_location(run) or Path("/nonexistent"))
-    if checkpoint == "base":
-        from lookalike.models.load import load_pipeline
-
-        pipeline, family = load_pipeline(run.config.model, dtype)
-        ref = ModelRef(pipeline, family, "base", Path(source).stem, source, weights_hash(base_files), None)
-    else:
-        location = trained_location(run, checkpoint)
-        from lookalike.models.trained import open_trained
-
-        pipeline, info = open_trained(run, checkpoint=checkpoint, dtype=dtype)
-        lora = location / LORA_FILE
-        lora_run = info["method"] == "lora"
-        name = run.root.resolve().name + (f"-{checkpoint}" if checkpoint else "")
-        model_hash = weights_hash(base_files if lora_run else weight_files(location))
-        lora_hash = weights_hash([lora]) if lora_run and lora.is_file() else None
-        ref = ModelRef(pipeline, info["family"], info["method"], name, source, model_hash, lora_hash)
+    ref = _open_base(run, dtype) if checkpoint == "base" else _open_trained(run, checkpoint, dtype)
     ref.pipeline.to(device)
     ref.pipeline.set_progress_bar_config(disable=True)  # generate shows one bar over all images
     return ref
