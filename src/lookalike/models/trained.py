@@ -1,0 +1,51 @@
+"""Open what `lookalike train` wrote: the final model or any checkpoint, as a ready pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lookalike.errors import LookalikeError
+from lookalike.run import Run
+
+
+def trained_folder(run: Run, checkpoint: str | int | Path | None = None) -> Path:
+    """``model/`` by default; a step number, a ``step-000200`` name or a folder picks a checkpoint."""
+    from lookalike.train.checkpoint import checkpoint_name
+
+    if checkpoint is None:
+        folder = run.model_dir
+    elif isinstance(checkpoint, int):
+        folder = run.checkpoints_dir / checkpoint_name(checkpoint)
+    elif Path(checkpoint).is_dir():
+        folder = Path(checkpoint)
+    else:
+        folder = run.checkpoints_dir / str(checkpoint)
+    if not folder.is_dir():
+        raise LookalikeError(f"no trained model at {folder}: run `lookalike train {run.root}` first")
+    return folder
+
+
+def open_trained(
+    run: Run, checkpoint: str | int | Path | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[Any, dict[str, Any]]:
+    """(pipeline, info): the base model with the trained weights (a full pipeline, or LoRA fused in)."""
+    from diffusers import DiffusionPipeline
+
+    from lookalike.models.load import load_pipeline
+    from lookalike.models.lora import WEIGHT_NAME
+    from lookalike.train.checkpoint import read_info
+
+    folder = trained_folder(run, checkpoint)
+    info = read_info(folder)
+    if info["method"] == "full":
+        return DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype), info
+    base = run.config.model.model_copy(update={"source": info["base_model"]})
+    pipeline, _ = load_pipeline(base, dtype)
+    pipeline.load_lora_weights(folder, weight_name=WEIGHT_NAME)
+    # Fused weights then no adapter layers: the pipeline behaves like a plain base model.
+    pipeline.fuse_lora()
+    pipeline.unload_lora_weights()
+    return pipeline, info
