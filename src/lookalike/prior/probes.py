@@ -39,7 +39,7 @@ def _read_attribute_tables(path: Path) -> dict[str, dict[str, list[str]]]:
         raise LookalikeError(f"attribute file {path} is not valid TOML: {err}") from None
     for kind, table in data.items():
         if not isinstance(table, dict):
-            raise LookalikeError(f"{path}: [{kind}] must be a table of attribute = [options], e.g. beard = [\"with a beard\", \"clean-shaven\"]")
+            raise LookalikeError(f"{path}: [{kind}] must be a table of attribute = [options], e.g. beard = ['with a beard', 'clean-shaven']")
         for name, options in table.items():
             valid = isinstance(options, list) and all(isinstance(o, str) and o.strip() for o in options)
             if not valid or len(set(options)) < 2:
