@@ -1,0 +1,89 @@
+"""Build the toy model from a seed: render the world, train CLIP, the VAE, then the UNet; export.
+
+``python -m lookalike.toyworld.build [--out toyworld-build]`` runs every stage in order and
+resumes wherever it stopped: each stage checkpoints every few minutes, and every step draws its
+batch and noise from (stage, step), so a resumed run sees the same data as an unbroken one.
+Progress goes to ``<out>/build.log``; the UNet stage exports a loadable pipeline at each checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lookalike.toyworld import ASSETS, models, trainers
+from lookalike.toyworld.export import ship
+from lookalike.toyworld.render import render_seed
+from lookalike.toyworld.tokenizer import build_tokenizer
+
+
+class Log:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, message: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} cpu={time.process_time():.0f}s {message}"
+        print(line, flush=True)
+        with self.path.open("a") as f:
+            f.write(line + "\n")
+
+
+def render_pool(out: Path, count: int, log: Log) -> tuple[np.ndarray, list[dict]]:
+    """The training images (seeds 0..count-1) and their scenes, cached in ``out/data``."""
+    images_path, scenes_path = out / "data" / "images.npy", out / "data" / "scenes.jsonl"
+    if images_path.is_file() and scenes_path.is_file():
+        scenes = [json.loads(line) for line in scenes_path.read_text().splitlines()]
+        if len(scenes) == count:
+            return np.load(images_path), scenes
+    images_path.parent.mkdir(parents=True, exist_ok=True)
+    images = np.zeros((count, models.IMAGE_SIZE, models.IMAGE_SIZE, 3), np.uint8)
+    scenes = []
+    for seed in range(count):
+        images[seed], scene = render_seed(seed)
+        scenes.append(scene)
+    np.save(images_path.with_suffix(".tmp.npy"), images)
+    os.replace(images_path.with_suffix(".tmp.npy"), images_path)
+    scenes_path.write_text("".join(json.dumps(s) + "\n" for s in scenes))
+    log(f"rendered {count} training scenes")
+    return images, scenes
+
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="toyworld-build", help="build folder (resumes from what it holds)")
+    p.add_argument("--pool", type=int, default=20000, help="number of rendered training scenes")
+    p.add_argument("--clip-steps", type=int, default=500)
+    p.add_argument("--vae-steps", type=int, default=500)
+    p.add_argument("--unet-steps", type=int, default=6000)
+    p.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ship", action="store_true", help="copy the latest export into the package and stop")
+    args = p.parse_args(argv)
+    if args.ship:
+        step = ship(Path(args.out) / "export", ASSETS)
+        print(f"shipped the toy model (UNet step {step}) to {ASSETS}")
+        return
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = Log(out / "build.log")
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    images, scenes = render_pool(out, args.pool, log)
+    every = args.checkpoint_minutes * 60
+    clip = trainers.train_clip(out / "clip", images, scenes, tokenizer, args.clip_steps, every, log)
+    vae = trainers.train_vae(out / "vae", images, args.vae_steps, every, log)
+    latents = trainers.encode_pool(out / "vae", vae, images, log)
+    trainers.train_unet(out / "unet", latents, scenes, tokenizer, clip, vae, args.unet_steps, every, log)
+    log("build finished")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Write the toy model as the project ships it: a diffusers pipeline folder and a CLIP folder, fp16.
+
+Both are standard ``save_pretrained`` folders (safetensors), so ``StableDiffusionPipeline`` and
+``CLIPModel`` / ``CLIPProcessor`` load them offline with ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from lookalike.run import atomic_dir
+from lookalike.toyworld import models
+
+
+def _half(module: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(module).to(torch.float16).eval()
+
+
+def clip_processor(tokenizer):
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    size = models.IMAGE_SIZE
+    images = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        image_mean=list(models.CLIP_MEAN), image_std=list(models.CLIP_STD),
+    )
+    return CLIPProcessor(image_processor=images, tokenizer=tokenizer)
+
+
+def export_pipeline(out: Path, unet, vae, text_encoder, tokenizer, clip, unet_step: int) -> None:
+    """Replace ``out/pipeline`` and ``out/clip`` (each in one rename) with the given weights."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(
+        vae=_half(vae), text_encoder=_half(text_encoder), tokenizer=tokenizer, unet=_half(unet),
+        scheduler=models.noise_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    with atomic_dir(out / "pipeline") as tmp:
+        pipeline.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "toyworld.json").write_text(json.dumps({"unet_step": unet_step}) + "\n")
+    with atomic_dir(out / "clip") as tmp:
+        _half(clip).save_pretrained(tmp, safe_serialization=True)
+        clip_processor(tokenizer).save_pretrained(tmp)
+
+
+def ship(export: Path, assets: Path) -> int:
+    """Copy the exported pipeline and CLIP into the package's assets; returns the UNet step shipped."""
+    info = json.loads((export / "pipeline" / "toyworld.json").read_text())
+    for name in ("pipeline", "clip"):
+        with atomic_dir(assets / name) as tmp:
+            shutil.copytree(export / name, tmp, dirs_exist_ok=True)
+    return info["unet_step"]
