@@ -230,6 +230,18 @@ class EvalConfig(Section):
     )
 
 
+class ExportConfig(Section):
+    format: Literal["auto", "single-file", "lora-kohya", "lora-diffusers", "diffusers"] = Field(
+        "auto",
+        description="auto: lora-kohya for a LoRA run, single-file for a full fine-tune; single-file: one "
+        "original-layout .safetensors (A1111/ComfyUI; a LoRA is fused in); lora-kohya / lora-diffusers: the "
+        "LoRA alone; diffusers: a pipeline folder.",
+    )
+    dtype: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the exported weights.")
+    output: str | None = Field(None, description="Folder for the exported files and model card; defaults to RUN/export.")
+    checkpoint: str | None = Field(None, description="Export this checkpoint (e.g. step-000400) instead of the final model.")
+
+
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     subjects: list[SubjectConfig] = Field(default_factory=lambda: [SubjectConfig()], min_length=1)
@@ -239,6 +251,7 @@ class RunConfig(Section):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "RunConfig":
