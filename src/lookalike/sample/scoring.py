@@ -30,6 +30,10 @@ class Scorer(Protocol):
 # generate.scorer value -> "module:function(run) -> Scorer"
 SCORERS: dict[str, str] = {
     "histogram": "lookalike.sample.scoring:histogram_scorer",
+    "identity": "lookalike.metrics.scorers:identity_scorer",
+    "face": "lookalike.metrics.scorers:face_scorer",
+    "dino": "lookalike.metrics.scorers:dino_scorer",
+    "clip": "lookalike.metrics.scorers:clip_scorer",
 }
 
 
@@ -44,7 +48,7 @@ class HistogramScorer:
     bins = 32
 
     def _histogram(self, image: Image.Image) -> np.ndarray:
-        pixels = np.asarray(image.convert("RGB").resize((128, 128), Image.BILINEAR)).reshape(-1, 3)
+        pixels = np.asarray(image.convert("RGB").resize((128, 128), Image.BILINEAR)).reshape(-1, 3).astype(np.int64)
         hist = np.stack([np.bincount(pixels[:, c] * self.bins // 256, minlength=self.bins) for c in range(3)])
         return hist / pixels.shape[0]  # [3, bins], each row sums to 1
 
