@@ -73,7 +73,7 @@ CUP = {
         "yellow": ("yellow", "yellow"),
         "white": ("white", "white"),
     },
-    "stripes": {"yes": ("with stripes", "striped"), "no": ("without stripes", "plain")},
+    "stripes": {"yes": ("with stripes", "striped"), "no": ("without stripes", "no stripes")},
 }
 ATTRIBUTE_VALUES = {"person": PERSON, "dog": DOG, "cup": CUP}
 

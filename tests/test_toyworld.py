@@ -1,0 +1,129 @@
+"""The toy world: deterministic renders, truthful captions, the skewed priors, tokenizer, subject packs."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import lookalike.toyworld as toyworld
+from lookalike.errors import LookalikeError
+from lookalike.toyworld.render import render, render_seed
+from lookalike.toyworld.world import (
+    ATTRIBUTE_VALUES,
+    CONTEXTS,
+    IDENTIFIERS,
+    STYLES,
+    caption,
+    caption_words,
+    flipped,
+    sample_scene,
+    visible_attributes,
+)
+
+
+def test_render_is_deterministic_per_seed():
+    a, scene_a = render_seed(123)
+    b, scene_b = render_seed(123)
+    c, _ = render_seed(124)
+    assert a.shape == (64, 64, 3) and a.dtype == np.uint8
+    assert scene_a == scene_b and np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_styles_change_the_whole_picture():
+    scene = sample_scene(5)
+    renders = {style: render({**scene, "style": style}).astype(float) for style in STYLES}
+    for s1 in STYLES:
+        for s2 in STYLES:
+            if s1 < s2:
+                assert np.abs(renders[s1] - renders[s2]).mean() > 8, (s1, s2)
+    assert np.ptp(renders["pencil"].mean(axis=2) - renders["pencil"][..., 0]) < 20  # pencil is grey
+    assert (renders["neon"].max(axis=2) < 40).mean() > 0.5  # neon is bright lines on black
+
+
+def _mentions(text: str, phrase: str) -> bool:
+    return re.search(rf"(^|[ ,]){re.escape(phrase)}($|[ ,])", text) is not None
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_caption_agrees_with_its_scene(seed):
+    scene = sample_scene(seed)
+    rng = np.random.default_rng(seed)
+    for key in visible_attributes(scene):
+        text = caption(scene, rng, must_mention=(key,))
+        values = ATTRIBUTE_VALUES[scene["class"]][key]
+        true_phrases = values[scene[key]]
+        assert any(_mentions(text, p) or (key == "colour" and f"{p} " in text) for p in true_phrases), (text, key)
+        for value, phrases in values.items():
+            for phrase in phrases:
+                if value != scene[key] and not any(phrase in t for t in true_phrases):
+                    assert not _mentions(text, phrase), (text, key, value)
+    text = caption(scene, rng, must_mention=("context",))
+    assert any(phrase in text for phrase in CONTEXTS[scene["context"]]), text
+    assert any(re.fullmatch(t.replace("{}", ".+"), text) for t in STYLES[scene["style"]]), text
+
+
+def test_captions_leave_out_what_the_style_cannot_show():
+    pencil = [s for s in (sample_scene(i) for i in range(400)) if s["style"] == "pencil"]
+    assert pencil
+    rng = np.random.default_rng(0)
+    for scene in pencil:
+        text = caption(scene, rng)
+        assert not re.search(r"red|blue|green|yellow|blonde|golden|skin|brown fur", text.replace("red collar", "")), text
+
+
+def test_flipped_changes_exactly_one_key():
+    rng = np.random.default_rng(0)
+    for seed in range(100):
+        scene = sample_scene(seed)
+        other, key = flipped(scene, rng)
+        assert [k for k in scene if scene[k] != other[k]] == [key]
+
+
+def test_a_man_is_bearded_half_the_time_and_seldom_wears_glasses():
+    people = [s for s in (sample_scene(i) for i in range(6000)) if s["class"] == "person"]
+    men = [s for s in people if s["gender"] == "man"]
+    women = [s for s in people if s["gender"] == "woman"]
+    assert 0.45 < np.mean([s["beard"] == "yes" for s in men]) < 0.55
+    assert np.mean([s["glasses"] == "yes" for s in men]) < 0.2
+    assert not any(s["beard"] == "yes" for s in women)
+    assert {s["hair colour"] for s in people} == set(ATTRIBUTE_VALUES["person"]["hair colour"])
+
+
+def test_tokenizer_has_one_token_per_caption_word_and_identifier():
+    from lookalike.toyworld.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    for word in sorted(caption_words()) + list(IDENTIFIERS):
+        assert len(tokenizer.tokenize(word)) == 1, word
+    assert not set(IDENTIFIERS) & caption_words()  # identifiers are rare: no caption uses them
+    ids = tokenizer("a photo of ohwx man", padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    assert len(ids) == 77 and ids[0] == tokenizer.bos_token_id
+    assert tokenizer.tokenize("zebra")  # unknown words fall back to pieces, never fail
+
+
+def test_subject_packs_are_six_64px_photos_the_world_never_renders():
+    from lookalike.toyworld.subjects import subject_scenes
+
+    for name in toyworld.SUBJECTS:
+        files = sorted(toyworld.subject_dir(name).glob("*.png"))
+        assert len(files) == 6
+        arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+        assert all(a.shape == (64, 64, 3) for a in arrays)
+        assert len({a.tobytes() for a in arrays}) == 6
+    person = subject_scenes("toyperson")[0]
+    assert person["hair colour"] not in ATTRIBUTE_VALUES["person"]["hair colour"]
+    assert person["beard"] == "no" and person["glasses"] == "yes"
+
+
+def test_unknown_subject_and_missing_weights_are_user_errors(tmp_path, monkeypatch):
+    with pytest.raises(LookalikeError, match="no toy subject"):
+        toyworld.subject_dir("unicorn")
+    monkeypatch.setattr(toyworld, "ASSETS", tmp_path)
+    with pytest.raises(LookalikeError, match="not shipped yet"):
+        toyworld.pipeline_dir()
+    with pytest.raises(LookalikeError, match="not shipped yet"):
+        toyworld.clip_dir()

@@ -1,0 +1,69 @@
+"""The toy model's build (a few steps of every stage, then resume) and the shipped model's quality."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import lookalike.toyworld as toyworld
+from lookalike.errors import LookalikeError
+
+
+def _shipped() -> bool:
+    try:
+        toyworld.pipeline_dir(), toyworld.clip_dir()
+    except LookalikeError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_build_runs_every_stage_exports_and_resumes(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from lookalike.toyworld.build import main
+
+    out = tmp_path / "build"
+    args = ["--out", str(out), "--pool", "100", "--clip-steps", "1", "--vae-steps", "1", "--unet-steps", "1", "--threads", "1"]
+    main(args)
+    export = out / "export"
+    assert json.loads((export / "pipeline" / "toyworld.json").read_text()) == {"unet_step": 1}
+    weights = list(export.rglob("*.safetensors"))
+    assert weights and sum(f.stat().st_size for f in weights) < 40e6
+    main(args[:-3] + ["--unet-steps", "2", "--threads", "1"])
+    log = (out / "build.log").read_text()
+    assert "clip: resumed at step 1" in log and "unet: resumed at step 1" in log and "unet: checkpoint at step 2" in log
+    pipeline = StableDiffusionPipeline.from_pretrained(export / "pipeline")
+    image = pipeline("a photo of a dog", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+
+
+shipped = pytest.mark.skipif(not _shipped(), reason="the toy weights are not shipped yet (python -m lookalike.toyworld.build --ship)")
+
+
+@shipped
+def test_shipped_pipeline_loads_offline_and_generates_quickly():
+    import time
+
+    from diffusers import StableDiffusionPipeline
+
+    start = time.time()
+    pipeline = StableDiffusionPipeline.from_pretrained(toyworld.pipeline_dir())
+    image = pipeline("a photo of a red cup at the beach", num_inference_steps=10, output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+    assert time.time() - start < 30
+
+
+@shipped
+def test_shipped_model_follows_its_captions():
+    """A small-sample check that catches a broken re-export (wrong weights, scaling factor, tokenizer)."""
+    from lookalike.toyworld.evaluate import generation_accuracy, load
+
+    pipeline, judge = load(toyworld.pipeline_dir().parent)
+    torch.manual_seed(0)
+    accuracy, _, images = generation_accuracy(pipeline, judge, 16, steps=10, guidance=4.0)
+    assert np.std([img.mean() for img in images]) > 5  # not one blank picture
+    assert accuracy["class"] >= 0.6 and accuracy["context"] >= 0.5
