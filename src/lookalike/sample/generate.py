@@ -176,7 +176,7 @@ def _recorded_run(params: ImageParams, image: Path) -> Run:
             f"{image} was made in run {root}, which is not there any more: pass the run folder, "
             f"lookalike generate RUN --from {image}"
         )
-    return Run.open(root)
+    return Run.open(root, save=False)
 
 
 def rerender(image: Path, run: Run | None) -> str:
