@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "audit": ("lookalike.prior.audit", "audit_run", "Compare priors with the subject photos; flag bad priors, propose a refined class prompt."),
     "train": ("lookalike.train.loop", "train_run", "Train with prior preservation; resumes from the latest checkpoint."),
     "generate": ("lookalike.sample.generate", "generate_run", "Render the subject in styles and prompts, best-of-N, with an HTML gallery."),
+    "eval": ("lookalike.metrics.evaluate", "eval_run", "Score every checkpoint (DINO, CLIP-I/T, PRES, DIV, face identity); report, plots, a recommended checkpoint."),
     "export": ("lookalike.models.export", "export_run", "Export the trained model: single .safetensors, kohya/diffusers LoRA or diffusers folder, plus a model card."),
 }
 
