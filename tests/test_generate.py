@@ -91,6 +91,7 @@ def test_own_style_file_merges_or_replaces(tmp_path):
     assert "film-noir" in merged
     assert list(load_pack(str(own), "replace")) == ["lego", "monet"]
     assert [s.name for s in select_styles(merged, "lego")] == ["lego"]
+    assert [s.name for s in select_styles(merged, ["lego", "monet", "lego"])] == ["lego", "monet"]
 
 
 @pytest.mark.parametrize(
@@ -305,6 +306,13 @@ def test_bad_settings_are_refused_with_the_fix(tmp_path, tiny_models, capsys, ex
     rc = main(["generate", str(root), *settings(tiny_models["sd1"]), *extra])
     assert rc == 2 and message in capsys.readouterr().err
     assert not (root / "samples").exists()
+
+
+def test_unreadable_prepared_photo_is_reported(tmp_path, tiny_models, capsys):
+    root = tmp_path / "run"
+    add_photos(root)[0].unlink()
+    rc = main(["generate", str(root), *settings(tiny_models["sd1"], "generate.keep=1")])
+    assert rc == 2 and "lookalike prepare" in capsys.readouterr().err
 
 
 def test_from_refuses_images_it_cannot_rerender(tmp_path, capsys):

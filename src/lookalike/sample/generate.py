@@ -67,8 +67,15 @@ def _template(run: Run, model: ModelRef, checkpoint: str | None, dtype: torch.dt
 
 
 def reference_photos(run: Run, subject: str) -> list[Image.Image]:
+    """The prepared photos of ``subject`` (those its manifest lists), for best-of-N."""
     folder = run.instance_dir(subject)
-    return [Image.open(folder / row["file"]).convert("RGB") for row in read_jsonl(folder / "manifest.jsonl")]
+    photos = []
+    for row in read_jsonl(folder / "manifest.jsonl"):
+        try:
+            photos.append(Image.open(folder / row["file"]).convert("RGB"))
+        except (OSError, KeyError):
+            raise LookalikeError(f"{folder}/manifest.jsonl lists a photo that cannot be read: run `lookalike prepare {run.root}` again") from None
+    return photos
 
 
 def _best_of_n(run: Run, subject: str) -> BestOfN:
@@ -166,7 +173,8 @@ def generate_run(run: Run | None, from_image: str | None = None) -> str:
     if stopped:
         run.clear_stop()
         return f"stopped after {len(rows)} of {len(candidates)} images; kept {kept} in {final}"
-    return f"{kept} images ({len(specs)} prompts, best {gen.keep or gen.seeds_per_prompt} of {gen.seeds_per_prompt}) in {final}\ngallery: {final / 'index.html'}"
+    per_prompt = min(gen.keep or gen.seeds_per_prompt, gen.seeds_per_prompt)
+    return f"{kept} images ({len(specs)} prompts, best {per_prompt} of {gen.seeds_per_prompt}) in {final}\ngallery: {final / 'index.html'}"
 
 
 def _recorded_run(params: ImageParams, image: Path) -> Run:

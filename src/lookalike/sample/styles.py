@@ -91,7 +91,7 @@ def select_styles(pack: dict[str, Style], names: str | list[str]) -> list[Style]
     """The styles named (in the order given), or all of them for 'all'."""
     if names == "all" or names == ["all"]:
         return list(pack.values())
-    names = [names] if isinstance(names, str) else names
+    names = [names] if isinstance(names, str) else list(dict.fromkeys(names))  # a repeat would render twice
     missing = [n for n in names if n not in pack]
     if missing:
         raise LookalikeError(
