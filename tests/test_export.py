@@ -62,7 +62,7 @@ def _components(family: str) -> list[str]:
 
 def _render(pipe) -> np.ndarray:
     generator = torch.Generator().manual_seed(7)
-    return pipe(PROMPT, num_inference_steps=2, generator=generator, output_type="np", height=64, width=64).images[0]
+    return pipe(PROMPT, num_inference_steps=2, generator=generator, output_type="np", height=32, width=32).images[0]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
