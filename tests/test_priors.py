@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_photos
 from PIL import Image
 
-from conftest import make_photos
 from lookalike.cli import main
-from lookalike.errors import LookalikeError
 from lookalike.prior.generate import SETTING_KEYS, generate_priors, image_name
 from lookalike.run import Run, append_jsonl, read_jsonl
 
@@ -102,7 +101,11 @@ def _fake_priors(run, seeds, **changes):
 
 @pytest.mark.parametrize("key", SETTING_KEYS)
 def test_any_changed_setting_sets_images_aside(tmp_path, tiny_models, key):
-    from lookalike.prior.generate import generated_stale_reason, prior_settings, set_aside_stale
+    from lookalike.prior.generate import (
+        generated_stale_reason,
+        prior_settings,
+        set_aside_stale,
+    )
 
     run = open_run(tmp_path / "run", tiny_models["sd1"], "priors.num_images=3")
     old_value = {"steps": 50, "guidance_scale": 3.0, "resolution": 32}.get(key, "something else")
@@ -155,7 +158,7 @@ def test_user_supplied_class_images(tmp_path, tiny_models):
     for row in rows:
         with Image.open(folder / row["file"]) as image:
             assert image.size == (64, 64) and image.mode == "RGB"
-    white = [r for r in rows if r["source"].endswith("transparent.png")][0]
+    white = next(r for r in rows if r["source"].endswith("transparent.png"))
     assert pixels(folder / white["file"]).min() == 255  # transparency composited on white
     before = {r["file"]: (folder / r["file"]).stat().st_mtime_ns for r in rows}
     generate_priors(run)  # nothing new: nothing rewritten

@@ -104,12 +104,12 @@ def family_from_keys(keys: Any) -> str | None:
 
 def _checkpoint_keys(path: Path) -> list[str]:
     if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
                 return list(f.keys())
-        except Exception as err:  # safetensors raises its own error types for damaged headers
+        except (SafetensorError, OSError) as err:
             raise LookalikeError(f"{path} is not a readable .safetensors file ({err}); re-download it") from None
     # Only reached with model.allow_pickle; weights_only refuses arbitrary objects even then.
     state = torch.load(path, map_location="cpu", weights_only=True)

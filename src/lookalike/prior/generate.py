@@ -14,8 +14,9 @@ import io
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image, ImageOps
@@ -23,7 +24,13 @@ from tqdm import tqdm
 
 from lookalike.config import SubjectConfig
 from lookalike.errors import LookalikeError
-from lookalike.run import Run, append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
+from lookalike.run import (
+    Run,
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_jsonl,
+)
 
 VERB = "priors"
 MANIFEST = "manifest.jsonl"
