@@ -201,3 +201,122 @@ def test_rule_averages_subjects_of_one_checkpoint():
     rows = [row("step-000200", 200, 0.8, 0.3, subject="a"), row("step-000200", 200, 0.2, 0.3, subject="b"),
             row("step-000400", 400, 0.6, 0.3, subject="a"), row("step-000400", 400, 0.6, 0.3, subject="b")]
     assert pick(rows).target == "step-000400"  # mean 0.6 beats mean 0.5
+
+
+# ---------------------------------------------------------------- people, missing DINO, STOP
+
+
+@pytest.fixture
+def person_run(tmp_path, tiny_sd1, extractors):
+    """A person subject photographed as scikit-image's astronaut, one full checkpoint, no base model."""
+    run = open_run(tmp_path / "run", tiny_sd1, extractors, "subject.kind=person", "subject.class_noun=woman",
+                   "eval.include_base=false", "eval.max_prompts=1")
+    astronaut = Image.fromarray(data.astronaut())
+    write_instance(run, [astronaut, astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    write_full_checkpoint(run, 2, seed=1)
+    return run
+
+
+def test_person_without_dino_reports_face_identity_and_says_dino_was_skipped(person_run, tmp_path):
+    run = Run(person_run.root, person_run.config.model_copy(deep=True))
+    run.config.eval.dino_model = str(tmp_path / "no-such-vit")
+    summary = evaluate.eval_run(run)
+    report, rows = metrics_of(run)
+    row = rows["step-000002"]
+    assert list(rows) == ["step-000002"] and row["likeness_metric"] == "face_similarity"
+    assert row["metrics"]["dino"] is None and row["metrics"]["pres"] is None and row["div_features"] == "clip"
+    assert row["metrics"]["face_found_share"] == 0.0 and row["metrics"]["face_similarity"] == 0.0  # random pixels show no face
+    assert math.isfinite(row["metrics"]["clip_i"]) and math.isfinite(row["metrics"]["div_feat"])
+    assert any(note.startswith("DINO skipped") for note in report["notes"]) and "note: DINO skipped" in summary
+    page = (run.root / "eval" / "index.html").read_text()
+    assert 'data-metric="dino"' not in page and 'data-metric="face_similarity"' in page
+    assert report["recommendation"]["checkpoint"] == "step-000002" and "face identity" in report["recommendation"]["rule"]
+
+
+def test_stop_file_leaves_a_partial_report_and_no_cache(person_run):
+    person_run.stop_path.touch()
+    summary = evaluate.eval_run(person_run)
+    report, rows = metrics_of(person_run)
+    assert report["stopped"] and rows == {} and "stopped: 0 of 1 models evaluated" in summary
+    assert not person_run.stop_path.exists() and not (person_run.root / "eval" / "cache" / "step-000002.json").exists()
+    assert [e["event"] for e in read_jsonl(person_run.events_path)][-1] == "stopped"
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def with_overrides(run: Run, *overrides: str) -> Run:
+    from lookalike import config
+
+    return Run(run.root, config.build(run.config.model_dump(), list(overrides)))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["eval.clip_model=/no/such/clip"], "could not load the CLIP model"),
+        (["eval.prompts_file=/no/such/prompts.toml"], "eval.prompts_file /no/such/prompts.toml not found"),
+        (["eval.class_prompt=a photo of a {kind}"], "eval.class_prompt"),
+        (["subject.name=other"], "no prepared photos of 'other'"),
+    ],
+)
+def test_bad_settings_give_one_line_and_leave_the_report(evaluated, overrides, message):
+    run, _ = evaluated
+    before = (run.root / "eval" / "report.json").read_bytes()
+    with pytest.raises(LookalikeError, match=re.escape(message)) as err:
+        evaluate.eval_run(with_overrides(run, *overrides))
+    assert "\n" not in str(err.value)
+    assert (run.root / "eval" / "report.json").read_bytes() == before
+
+
+def test_prompt_file_without_subject_placeholder_and_replace_mode(evaluated, tmp_path):
+    from lookalike.metrics import prompt_set
+
+    run, _ = evaluated
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[object]\nmine = ["a cup on a table"]\n')
+    with pytest.raises(LookalikeError, match=r"needs a \{subject\} placeholder"):
+        evaluate.eval_run(with_overrides(run, f"eval.prompts_file={bad}"))
+    good = tmp_path / "good.toml"
+    good.write_text('[object]\nmine = ["a {subject} on a table"]\n')
+    ecfg = with_overrides(run, f"eval.prompts_file={good}", "eval.prompts_mode=replace").config.eval
+    prompts = prompt_set.subject_prompts(run.subject(), ecfg)
+    assert [(p.group, p.prompt, p.text) for p in prompts] == [("mine", "a ohwx cup on a table", "a cup on a table")]
+    merged = prompt_set.subject_prompts(run.subject(), with_overrides(run, f"eval.prompts_file={good}", "eval.max_prompts=100").config.eval)
+    assert len(merged) == 13 and merged[-1].group == "mine"  # the bundled 12 object prompts, then yours
+
+
+def test_nothing_to_evaluate_without_checkpoints(tmp_path, tiny_sd1, extractors):
+    run = open_run(tmp_path / "run", tiny_sd1, extractors)
+    write_instance(run, [Image.fromarray(data.coffee())])
+    with pytest.raises(LookalikeError, match="nothing to evaluate.*lookalike train"):
+        evaluate.eval_run(run)
+
+
+def test_cli_prints_a_bad_value_as_one_line(evaluated, capsys):
+    run, _ = evaluated
+    assert cli.main(["eval", str(run.root), "eval.samples_per_prompt=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lookalike eval: error:") and "eval.samples_per_prompt" in err and "\n" not in err
+
+
+# ---------------------------------------------------------------- best-of-N scorers
+
+
+def test_feature_scorers_rank_the_subject_photo_first(evaluated):
+    run, _ = evaluated
+    photo = Image.open(run.instance_dir("subject") / "000.png")
+    other = Image.fromarray(data.coffee()).resize((64, 64))
+    for name in ("dino", "clip", "identity"):
+        scorer = get_scorer(name, run)
+        first, second = scorer.score([photo, other], [photo])
+        assert first == pytest.approx(1.0, abs=1e-4) and second < first, name
+    assert get_scorer("identity", run).name.startswith("DINO")
+
+
+def test_face_scorer_knows_the_astronaut():
+    from lookalike.metrics.scorers import face_scorer
+
+    astronaut = Image.fromarray(data.astronaut())
+    scores = face_scorer(None).score([astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT), Image.fromarray(data.coffee())], [astronaut])
+    assert scores[0] > 0.8 and scores[1] == 0.0  # no face in the coffee cup counts 0

@@ -283,6 +283,8 @@ def eval_run(run: Run) -> str:
     todo = [t for t in targets if t.name not in results]
     run.emit(VERB, "start", models=[t.name for t in targets], cached=sorted(results), images=len(todo) * len(jobs))
     scoring, stopped = Scoring(run), False
+    if todo:
+        scoring.load()  # a CLIP that cannot load fails here, before any model renders
     with tqdm(total=len(todo) * len(jobs), desc="eval", unit="img") as bar:
         for target in targets:
             if target.name in results:
