@@ -33,7 +33,7 @@ def test_build_runs_every_stage_exports_and_resumes(tmp_path):
     assert json.loads((export / "pipeline" / "toyworld.json").read_text()) == {"unet_step": 1}
     weights = list(export.rglob("*.safetensors"))
     assert weights and sum(f.stat().st_size for f in weights) < 40e6
-    main(args[:-3] + ["--unet-steps", "2", "--threads", "1"])
+    main(args[:-4] + ["--unet-steps", "2", "--threads", "1"])
     log = (out / "build.log").read_text()
     assert "clip: resumed at step 1" in log and "unet: resumed at step 1" in log and "unet: checkpoint at step 2" in log
     pipeline = StableDiffusionPipeline.from_pretrained(export / "pipeline")

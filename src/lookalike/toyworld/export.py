@@ -21,6 +21,16 @@ def _half(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).to(torch.float16).eval()
 
 
+def _load_as_float32(config: Path) -> None:
+    """Weights stay fp16 on disk, but transformers loads a model in its config's dtype ("auto"):
+    recording float32 there gives CPU users float32 parts that match the diffusers ones."""
+    data = json.loads(config.read_text())
+    for section in (data, data.get("text_config", {}), data.get("vision_config", {})):
+        if "dtype" in section:
+            section["dtype"] = "float32"
+    config.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def clip_processor(tokenizer):
     from transformers import CLIPImageProcessor, CLIPProcessor
 
@@ -43,9 +53,11 @@ def export_pipeline(out: Path, unet, vae, text_encoder, tokenizer, clip, unet_st
     )
     with atomic_dir(out / "pipeline") as tmp:
         pipeline.save_pretrained(tmp, safe_serialization=True)
+        _load_as_float32(tmp / "text_encoder" / "config.json")
         (tmp / "toyworld.json").write_text(json.dumps({"unet_step": unet_step}) + "\n")
     with atomic_dir(out / "clip") as tmp:
         _half(clip).save_pretrained(tmp, safe_serialization=True)
+        _load_as_float32(tmp / "config.json")
         clip_processor(tokenizer).save_pretrained(tmp)
 
 
