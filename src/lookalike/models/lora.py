@@ -64,9 +64,8 @@ def save_lora(folder: Path, family: str, unet: torch.nn.Module, text_encoders: l
 
 def load_lora_into(folder: Path, unet: torch.nn.Module, text_encoders: list[torch.nn.Module]) -> None:
     """Set the adapters already injected in ``unet`` / ``text_encoders`` from a saved LoRA file (resume)."""
-    from diffusers.utils import convert_unet_state_dict_to_peft
+    from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
     from peft import set_peft_model_state_dict
-    from peft.utils import convert_state_dict_to_peft
     from safetensors.torch import load_file
 
     state = load_file(folder / WEIGHT_NAME)

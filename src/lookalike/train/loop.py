@@ -137,8 +137,10 @@ class Trainer:
         else:
             optimizer = torch.optim.AdamW(groups, weight_decay=cfg.adam_weight_decay)
         # Not passed to accelerator.prepare: a prepared scheduler steps once per process per step.
+        # diffusers' plain "constant" ignores warmup steps; its warmup variant honours them.
+        schedule = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.lr_warmup_steps else cfg.lr_scheduler
         self.lr_scheduler = get_scheduler(
-            cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps
+            schedule, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps
         )
         self.unet, *self.encoders_in_training, self.optimizer = self.accelerator.prepare(
             self.parts.unet, *self.trained_encoders, optimizer

@@ -1,0 +1,136 @@
+"""`lookalike train` on tiny SD1 / SD2 / SDXL models: what it writes, that the result loads and differs from the base."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from lookalike.cli import main
+from lookalike.errors import LookalikeError
+from lookalike.models.trained import open_trained
+from lookalike.run import read_jsonl
+from lookalike.train.loop import Trainer, train_run
+from trainrun import make_train_run, sample_latents
+
+
+def _pipeline_class(family):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+
+
+@pytest.mark.parametrize(
+    "family, method, text_encoder",
+    [("sd1", "full", True), ("sd2", "lora", True), ("sdxl", "lora", True),
+     # the other halves of the family × method matrix: same code paths, outside the default suite's budget
+     pytest.param("sd1", "lora", False, marks=pytest.mark.slow),
+     pytest.param("sd2", "full", False, marks=pytest.mark.slow),
+     pytest.param("sdxl", "full", False, marks=pytest.mark.slow)],
+)
+def test_trains_and_the_model_loads_and_differs(tmp_path, tiny_models, family, method, text_encoder):
+    run = make_train_run(tmp_path / "run", tiny_models[family], f"train.method={method}",
+                         f"train.train_text_encoder={str(text_encoder).lower()}", "train.min_snr_gamma=5")
+    summary = train_run(run)
+    assert "trained 2 steps" in summary
+    info = json.loads((run.model_dir / "lookalike.json").read_text())
+    assert (info["method"], info["family"], info["step"]) == (method, family, 2)
+    assert info["subjects"][0]["instance_prompt"] == "a photo of zq0x person"
+    assert (run.checkpoints_dir / "step-000002" / "training_state.pt").is_file()
+
+    cls = _pipeline_class(family)
+    base = cls.from_pretrained(tiny_models[family])
+    if method == "full":
+        trained = cls.from_pretrained(run.model_dir)
+        changed = lambda name: not all(  # noqa: E731
+            torch.equal(a, b) for a, b in zip(getattr(base, name).parameters(), getattr(trained, name).parameters())
+        )
+        assert changed("unet") and changed("text_encoder") == text_encoder
+    else:
+        with safe_open(run.model_dir / "pytorch_lora_weights.safetensors", "pt") as f:
+            prefixes = {key.split(".")[0] for key in f.keys()}
+        expected = {"unet"} | ({"text_encoder", "text_encoder_2"} if family == "sdxl" else {"text_encoder"})
+        assert prefixes == (expected if text_encoder else {"unet"})
+        trained = cls.from_pretrained(tiny_models[family])
+        trained.load_lora_weights(run.model_dir)
+    before, after = sample_latents(base), sample_latents(trained)
+    assert not torch.allclose(before, after, atol=1e-5)
+    opened, opened_info = open_trained(run)
+    assert opened_info == info
+    assert torch.allclose(sample_latents(opened), after, atol=1e-4)
+
+
+def test_cached_and_per_step_paths_give_the_same_loss(tmp_path, tiny_models):
+    losses = []
+    for cache in ("true", "false"):
+        run = make_train_run(tmp_path / cache, tiny_models["sdxl"], f"train.cache_latents={cache}",
+                             "train.random_flip=false", "train.noise_offset=0.1")
+        trainer = Trainer(run)
+        trainer.setup()
+        assert (trainer.latent_cache is not None) == (cache == "true")
+        with torch.no_grad():
+            losses.append(trainer._micro_step_loss(0).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_several_subjects_each_with_their_own_prompts(tmp_path, tiny_models):
+    run = make_train_run(tmp_path / "run", tiny_models["sd1"], "subjects.1.class_noun=dog",
+                         subjects=("cat", "dog"))
+    trainer = Trainer(run)
+    trainer.setup()
+    prompts = {(e.subject, e.prompt) for e in trainer.data.instances}
+    assert prompts == {("cat", "a photo of zq0x person"), ("dog", "a photo of zq1x dog")}
+    assert {e.prompt for e in trainer.data.priors["dog"]} == {"a photo of a dog"}
+    assert trainer.prompt_cache is not None and len(trainer.prompt_cache.entries) == 4
+
+
+def test_missing_photos_and_priors_say_which_verb_to_run(tmp_path, tiny_models):
+    run = make_train_run(tmp_path / "run", tiny_models["sd1"])
+    (run.priors_dir("cat") / "photo_2.png").unlink()
+    with pytest.raises(LookalikeError, match=r"2 of 3 class-prior images.*lookalike priors"):
+        train_run(run)
+    (run.instance_dir("cat") / "manifest.jsonl").unlink()
+    with pytest.raises(LookalikeError, match=r"no prepared photos.*lookalike prepare"):
+        train_run(run)
+    assert not run.checkpoints_dir.exists() and not run.model_dir.exists()
+
+
+def test_cpu_refuses_fp16_and_8bit_adam_with_the_fix(tmp_path, tiny_models, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("the refusal is for machines without a CUDA GPU")
+    run = make_train_run(tmp_path / "run", tiny_models["sd1"])
+    assert main(["train", str(run.root), "train.mixed_precision=fp16"]) == 2
+    assert "use bf16 or no" in capsys.readouterr().err
+    assert main(["train", str(run.root), "train.mixed_precision=no", "train.use_8bit_adam=true"]) == 2
+    assert "use_8bit_adam" in capsys.readouterr().err
+    assert not run.checkpoints_dir.exists()
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_models):
+    run = make_train_run(tmp_path / "run", tiny_models["sd1"], "train.learning_rate=1e30",
+                         "train.max_steps=6", "train.checkpoint_every=1", "train.max_grad_norm=1e30")
+    with pytest.raises(LookalikeError, match=r"loss became (nan|inf) at step (\d).*learning_rate") as err:
+        train_run(run)
+    bad_step = int(err.value.args[0].split(" at step ")[1].split(":")[0])
+    kept = sorted(p.name for p in run.checkpoints_dir.iterdir() if not p.name.startswith("."))
+    assert kept and kept[-1] == f"step-{bad_step - 1:06d}"
+    assert not run.model_dir.exists()
+    assert read_jsonl(run.events_path)[-1]["event"] == "error"
+
+
+def test_cli_from_toml_and_from_flags_with_previews_and_logs(tmp_path, tiny_models):
+    run = make_train_run(tmp_path / "run", tiny_models["sd1"])
+    toml = tmp_path / "run.toml"
+    toml.write_text((run.root / "config.toml").read_text().replace("max_steps = 2", "max_steps = 1"))
+    assert main(["train", str(run.root), "--config", str(toml)]) == 0
+    assert json.loads((run.model_dir / "lookalike.json").read_text())["step"] == 1
+    flags = ["train.max_steps=2", "train.preview_every=2", "train.preview_steps=2", "train.keep_checkpoints=1",
+             "train.preview_prompts=['{subject} on a beach', 'a {subject}']"]
+    assert main(["train", str(run.root), *flags]) == 0
+    assert sorted(p.name for p in run.previews_dir.iterdir()) == ["step-000002_0.png", "step-000002_1.png"]
+    assert [p.name for p in run.checkpoints_dir.iterdir()] == ["step-000002"]
+    events = [e["event"] for e in read_jsonl(run.events_path)]
+    assert events.count("start") == 2 and events.count("done") == 2 and "preview" in events and "step" in events
+    assert list((run.logs_dir / "train").glob("events.out.tfevents.*"))
