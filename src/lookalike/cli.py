@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     for name, (_, _, help_text) in VERBS.items():
         _add_run_args(verbs.add_parser(name, help=help_text, description=help_text), VERB_FLAGS.get(name, {}))
+    demo = verbs.add_parser(
+        "demo",
+        help="Replay the whole story on the bundled toy model in a few minutes (CPU is fine).",
+        description="prepare -> identifier -> priors -> audit -> refined priors -> train -> generate -> eval -> export, "
+        "on the toy model and its bundled person; prints where to look.",
+    )
+    demo.add_argument("run", nargs="?", default="runs/demo", help="run folder (default: runs/demo)")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.max_steps=100")
     cfg_parser = verbs.add_parser("config", help="Show the resolved config of a run, every key, or the presets.")
     cfg_parser.add_argument("run", nargs="?", help="run folder whose config to show")
     cfg_parser.add_argument("--help-keys", action="store_true", help="list every key with its default and help")
@@ -85,9 +93,17 @@ def _config_verb(args: argparse.Namespace) -> str:
     raise LookalikeError("give a run folder, --help-keys or --presets")
 
 
+def _demo_verb(args: argparse.Namespace) -> str:
+    from lookalike.demo import demo_run, open_demo_run
+
+    return demo_run(open_demo_run(args.run, args.overrides))
+
+
 def dispatch(args: argparse.Namespace) -> str | None:
     if args.verb == "config":
         return _config_verb(args)
+    if args.verb == "demo":
+        return _demo_verb(args)
     from lookalike.run import Run
 
     module, function, _ = VERBS[args.verb]
