@@ -11,11 +11,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import make_photos
 from PIL import Image
 from skimage import data
 from test_features import save_tiny_clip, save_tiny_vit
 
-from conftest import make_photos
 from lookalike import cli
 from lookalike.errors import LookalikeError
 from lookalike.metrics import evaluate, recommend

@@ -192,6 +192,7 @@ def render(run: Run, pipeline: Any, jobs: list[Job], bar: tqdm) -> list[Image.Im
             generator=[torch.Generator("cpu").manual_seed(job.seed) for job in chunk],
         ).images
         bar.update(len(chunk))
+        run.emit(VERB, "progress", done=bar.n, total=bar.total)
     return images
 
 

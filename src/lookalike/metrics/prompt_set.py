@@ -7,9 +7,10 @@ CLIP-T asks whether the picture shows the prompt's context, not whether CLIP kno
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from lookalike.config import EvalConfig, SubjectConfig
 from lookalike.errors import LookalikeError

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -43,13 +44,13 @@ class FeatureScorer:
         return [float(v) for v in self.per_image(self.embed(images), self._reference_feats)]
 
 
-def face_scorer(run: "Run") -> FeatureScorer:
+def face_scorer(run: Run) -> FeatureScorer:
     from lookalike.metrics.faces import FaceEmbedder
 
     return FeatureScorer("face identity (SFace)", FaceEmbedder().embed_images, scores.face_similarity_per_image)
 
 
-def dino_scorer(run: "Run") -> FeatureScorer:
+def dino_scorer(run: Run) -> FeatureScorer:
     from lookalike.metrics.features import DinoEmbedder
     from lookalike.metrics.sample_scores import DINO_OFF
 
@@ -59,7 +60,7 @@ def dino_scorer(run: "Run") -> FeatureScorer:
     return FeatureScorer(f"DINO likeness ({source})", DinoEmbedder(source).embed_images, scores.likeness_per_image)
 
 
-def clip_scorer(run: "Run") -> FeatureScorer:
+def clip_scorer(run: Run) -> FeatureScorer:
     from lookalike.metrics.features import open_clip
     from lookalike.metrics.sample_scores import clip_source
 
@@ -67,6 +68,6 @@ def clip_scorer(run: "Run") -> FeatureScorer:
     return FeatureScorer(f"CLIP-I likeness ({source})", open_clip(source).embed_images, scores.likeness_per_image)
 
 
-def identity_scorer(run: "Run") -> FeatureScorer:
+def identity_scorer(run: Run) -> FeatureScorer:
     subject = run.subject(run.config.generate.subject)
     return face_scorer(run) if subject.kind == "person" else dino_scorer(run)
