@@ -26,7 +26,7 @@ def clip_model(tokenizer):
         bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"), eos_token_id=eos, pad_token_id=eos,
     )
     vision = dict(
-        image_size=IMAGE_SIZE, patch_size=8, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+        image_size=IMAGE_SIZE, patch_size=8, hidden_size=128, intermediate_size=512, num_hidden_layers=3,
         num_attention_heads=4, hidden_act="quick_gelu",
     )
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=128))

@@ -89,7 +89,7 @@ def clip_texts(scenes: list[dict], rng: np.random.Generator) -> tuple[list[str],
     return positives, negatives
 
 
-def train_clip(folder, images, scenes, tokenizer, steps, every_s, log, batch=96):
+def train_clip(folder, images, scenes, tokenizer, steps, every_s, log, batch=64):
     torch.manual_seed(1)
     clip = models.clip_model(tokenizer)
     opt = torch.optim.AdamW(clip.parameters(), lr=5e-4, weight_decay=0.1)
@@ -117,7 +117,7 @@ def train_clip(folder, images, scenes, tokenizer, steps, every_s, log, batch=96)
     return clip.eval()
 
 
-def train_vae(folder, images, steps, every_s, log, batch=24):
+def train_vae(folder, images, steps, every_s, log, batch=16):
     torch.manual_seed(2)
     vae = models.vae_model()
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
