@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lookalike.config import RunConfig
 from lookalike.errors import LookalikeError
 from lookalike.run import atomic_write_text
 
@@ -75,3 +76,25 @@ def load_full_weights(folder: Path, modules: dict[str, torch.nn.Module]) -> None
     for subfolder, module in modules.items():
         saved = type(module).from_pretrained(folder / subfolder, torch_dtype=torch.float32)
         module.load_state_dict(saved.state_dict())
+
+
+def model_info(config: RunConfig, source: str, family: str, step: int) -> dict[str, Any]:
+    """What ``lookalike.json`` says about a trained model: how it was made and for which subjects."""
+    subjects = [
+        {"name": s.name, "identifier": s.identifier, "class_noun": s.class_noun,
+         "instance_prompt": s.resolved_instance_prompt()}
+        for s in config.subjects
+    ]
+    return {"method": config.train.method, "base_model": source, "family": family, "subjects": subjects,
+            "step": step, "train": config.train.model_dump()}
+
+
+def write_model_files(folder: Path, config: RunConfig, parts: Any, trained_encoders: list[Any], step: int) -> None:
+    """The trained model as ``model/`` holds it: a full diffusers pipeline, or diffusers LoRA weights."""
+    from lookalike.models.lora import save_lora
+
+    if config.train.method == "full":
+        parts.pipeline.save_pretrained(folder, safe_serialization=True)
+    else:
+        save_lora(folder, parts.family, parts.unet, trained_encoders)
+    write_info(folder, model_info(config, parts.source, parts.family, step))

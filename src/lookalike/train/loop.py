@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +25,8 @@ from lookalike.run import Run, atomic_dir, atomic_write_bytes
 from lookalike.train import checkpoint as ckpt
 from lookalike.train import encode
 from lookalike.train.loss import min_snr_weights, offset_noise, paired_prior_loss, prediction_target, snr
+from lookalike.train.preview import render_previews
+from lookalike.train.steering import deferred_ctrl_c
 
 VERB = "train"
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -183,6 +185,12 @@ class Trainer:
     # ------------------------------------------------------------------ training
 
     def train(self) -> str:
+        try:
+            return self._train()
+        finally:
+            self.accelerator.end_training()  # closes the TensorBoard writer and the process group
+
+    def _train(self) -> str:
         if self.step >= self.cfg.max_steps:
             self.save_model()
             return f"already trained to step {self.step} (train.max_steps={self.cfg.max_steps}); model in {self.run.model_dir}"
@@ -190,14 +198,13 @@ class Trainer:
                    family=self.parts.family, photos=len(self.data.instances))
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", disable=not self.is_main)
         try:
-            with self._catch_ctrl_c():
+            with deferred_ctrl_c(self._interrupt):
                 stopped = self._run_steps(bar)
         except Exception as err:
             self._emit("error", step=self.step, message=str(err))
             raise
         finally:
             bar.close()
-            self.accelerator.end_training()
         if stopped:
             self.save_checkpoint()
             if self.is_main:
@@ -310,23 +317,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ steering and logging
 
-    @contextlib.contextmanager
-    def _catch_ctrl_c(self):
-        """Ctrl-C finishes the current step, then saves a checkpoint; a second Ctrl-C stops at once."""
-
-        def handler(signum, frame):
-            self.interrupted = True
-            signal.signal(signal.SIGINT, previous)
-
-        try:
-            previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread: leave Ctrl-C as it is
-            yield
-            return
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
+    def _interrupt(self) -> None:
+        self.interrupted = True
 
     def _stop_requested(self) -> bool:
         wanted = self.interrupted or (self.is_main and self.run.stop_requested())
@@ -349,22 +341,13 @@ class Trainer:
     def preview(self) -> None:
         """Render the preview prompts with the current weights into previews/step-000100_<i>.png."""
         if self.is_main:
-            from lookalike.sample.schedulers import make_scheduler
-
-            base = self.parts.pipeline
-            pipe = type(base)(**{**base.components, "scheduler": make_scheduler("dpm++", base.scheduler.config)})
-            pipe.set_progress_bar_config(disable=True)
             phrase = self.run.config.subjects[0].subject_phrase
-            self.parts.unet.eval()
-            for i, prompt in enumerate(self.cfg.preview_prompts):
-                with torch.no_grad():
-                    image = pipe(prompt.format(subject=phrase), num_inference_steps=self.cfg.preview_steps,
-                                 height=self.resolution, width=self.resolution,
-                                 generator=torch.Generator().manual_seed(self.cfg.seed)).images[0]
+            prompts = [p.format(subject=phrase) for p in self.cfg.preview_prompts]
+            images = render_previews(self.parts.pipeline, prompts, self.resolution, self.cfg.preview_steps, self.cfg.seed)
+            for i, (prompt, png) in enumerate(zip(prompts, images)):
                 path = self.run.previews_dir / f"{ckpt.checkpoint_name(self.step)}_{i}.png"
-                atomic_write_bytes(path, _png_bytes(image))
+                atomic_write_bytes(path, png)
                 self._emit("preview", step=self.step, path=str(path.relative_to(self.run.root)), prompt=prompt)
-            self.parts.unet.train()
         self.accelerator.wait_for_everyone()
 
     def save_checkpoint(self) -> None:
@@ -390,21 +373,8 @@ class Trainer:
                 self._write_model_files(tmp)
         self.accelerator.wait_for_everyone()
 
-    def _write_model_files(self, folder) -> None:
-        if self.cfg.method == "full":
-            self.parts.pipeline.save_pretrained(folder, safe_serialization=True)
-        else:
-            lora.save_lora(folder, self.parts.family, self.parts.unet, self.trained_encoders)
-        ckpt.write_info(folder, self._info())
-
-    def _info(self) -> dict[str, Any]:
-        subjects = [
-            {"name": s.name, "identifier": s.identifier, "class_noun": s.class_noun,
-             "instance_prompt": s.resolved_instance_prompt()}
-            for s in self.run.config.subjects
-        ]
-        return {"method": self.cfg.method, "base_model": self.parts.source, "family": self.parts.family,
-                "subjects": subjects, "step": self.step, "train": self.cfg.model_dump()}
+    def _write_model_files(self, folder: Path) -> None:
+        ckpt.write_model_files(folder, self.run.config, self.parts, self.trained_encoders, self.step)
 
 
 def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -414,11 +384,3 @@ def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
 
 def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
-
-
-def _png_bytes(image) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
