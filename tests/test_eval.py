@@ -320,3 +320,15 @@ def test_face_scorer_knows_the_astronaut():
     astronaut = Image.fromarray(data.astronaut())
     scores = face_scorer(None).score([astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT), Image.fromarray(data.coffee())], [astronaut])
     assert scores[0] > 0.8 and scores[1] == 0.0  # no face in the coffee cup counts 0
+
+
+def test_svg_plot_puts_higher_values_higher_and_later_steps_to_the_right():
+    from lookalike.metrics.report import svg_plot
+
+    rows = [row("base", 0, 0.2, 0.3), row("step-000400", 400, 0.9, 0.3), row("step-000200", 200, 0.5, 0.3)]
+    svg = svg_plot("dino", rows, recommended_step=400)
+    points = [(float(cx), float(cy), tip) for cx, cy, tip in re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)".*?<title>(.*?)</title>', svg)]
+    by_target = {tip.split(" · ")[1]: (cx, cy) for cx, cy, tip in points}
+    assert by_target["base"][0] < by_target["step-000200"][0] < by_target["step-000400"][0]
+    assert by_target["base"][1] > by_target["step-000200"][1] > by_target["step-000400"][1]  # SVG y grows downwards
+    assert f'x1="{by_target["step-000400"][0]:.1f}"' in svg  # the recommended step's dashed line

@@ -53,8 +53,9 @@ def svg_plot(metric: str, rows: list[dict[str, Any]], recommended_step: int | No
     steps = [p[0] for ps in points.values() for p in ps]
     values = [p[1] for ps in points.values() for p in ps]
     pad = max((max(values) - min(values)) * 0.1, 1e-3)
+    lo, hi = min(values) - pad, max(values) + pad
     x = _scale(min(steps), max(steps), LEFT, WIDTH - RIGHT)
-    y = _scale(min(values) - pad, max(values) + pad, HEIGHT - BOTTOM, TOP)
+    y = _scale(lo, hi, HEIGHT - BOTTOM, TOP)
     title, meaning = METRICS[metric]
     parts = [
         f'<svg class="plot" data-metric="{metric}" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}">',
@@ -62,8 +63,8 @@ def svg_plot(metric: str, rows: list[dict[str, Any]], recommended_step: int | No
         f'<text x="{LEFT}" y="16" font-weight="bold">{html.escape(title)}</text>',
         f'<line x1="{LEFT}" y1="{HEIGHT - BOTTOM}" x2="{WIDTH - RIGHT}" y2="{HEIGHT - BOTTOM}" stroke="#444"/>',
         f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{HEIGHT - BOTTOM}" stroke="#444"/>',
-        f'<text x="{LEFT - 4}" y="{y(max(values)):.1f}" text-anchor="end" font-size="10">{max(values):.3f}</text>',
-        f'<text x="{LEFT - 4}" y="{y(min(values)):.1f}" text-anchor="end" font-size="10">{min(values):.3f}</text>',
+        f'<text x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end" font-size="10">{hi:.4f}</text>',
+        f'<text x="{LEFT - 4}" y="{HEIGHT - BOTTOM}" text-anchor="end" font-size="10">{lo:.4f}</text>',
         f'<text x="{(LEFT + WIDTH - RIGHT) / 2:.0f}" y="{HEIGHT - 4}" text-anchor="middle" font-size="10">training step</text>',
     ]
     for step in sorted(set(steps)):
