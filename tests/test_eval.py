@@ -224,9 +224,9 @@ def test_person_without_dino_reports_face_identity_and_says_dino_was_skipped(per
     report, rows = metrics_of(run)
     row = rows["step-000002"]
     assert list(rows) == ["step-000002"] and row["likeness_metric"] == "face_similarity"
-    assert row["metrics"]["dino"] is None and row["metrics"]["pres"] is None and row["div_features"] == "clip"
+    assert row["metrics"]["dino"] is None and row["pres_div_features"] == "clip"  # PRES and DIV from CLIP features
     assert row["metrics"]["face_found_share"] == 0.0 and row["metrics"]["face_similarity"] == 0.0  # random pixels show no face
-    assert math.isfinite(row["metrics"]["clip_i"]) and math.isfinite(row["metrics"]["div_feat"])
+    assert all(math.isfinite(row["metrics"][m]) for m in ("clip_i", "clip_t", "pres", "div_feat"))
     assert any(note.startswith("DINO skipped") for note in report["notes"]) and "note: DINO skipped" in summary
     page = (run.root / "eval" / "index.html").read_text()
     assert 'data-metric="dino"' not in page and 'data-metric="face_similarity"' in page
@@ -332,3 +332,14 @@ def test_svg_plot_puts_higher_values_higher_and_later_steps_to_the_right():
     assert by_target["base"][0] < by_target["step-000200"][0] < by_target["step-000400"][0]
     assert by_target["base"][1] > by_target["step-000200"][1] > by_target["step-000400"][1]  # SVG y grows downwards
     assert f'x1="{by_target["step-000400"][0]:.1f}"' in svg  # the recommended step's dashed line
+
+
+def test_auto_extractors_never_send_the_toy_model_to_the_hub():
+    from lookalike import config
+    from lookalike.metrics.sample_scores import HUB_CLIP, clip_source, dino_source
+
+    toy = config.build({}, ["model.source=toy"])
+    assert (clip_source(toy), dino_source(toy)) == ("toy", "none")
+    real = config.build({}, ["model.source=runwayml/stable-diffusion-v1-5"])
+    assert (clip_source(real), dino_source(real)) == (HUB_CLIP, "facebook/dino-vits16")
+    assert dino_source(config.build({}, ["eval.dino_model=None"])) == "none"

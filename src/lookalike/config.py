@@ -201,9 +201,9 @@ class EvalConfig(Section):
         "openai/clip-vit-large-patch14), 'toy', a local CLIPModel folder or a hub id.",
     )
     dino_model: str = Field(
-        "facebook/dino-vits16",
-        description="DINO ViT for DINO / PRES / DIV: a local ViTModel folder or hub id; 'none' skips those "
-        "columns (they are also skipped, with a note, when it cannot be loaded).",
+        "auto",
+        description="DINO ViT for DINO / PRES / DIV: 'auto' (none for the toy model, else facebook/dino-vits16), "
+        "a local ViTModel folder, a hub id, or 'none' (DINO skipped with a note; PRES and DIV use CLIP features).",
     )
     prompts_file: str | None = Field(None, description="TOML of your own eval prompts (format: docs/METRICS.md).")
     prompts_mode: Literal["merge", "replace"] = Field(

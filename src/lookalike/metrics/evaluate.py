@@ -115,6 +115,7 @@ def _settings(run: Run, prompts: dict[str, tuple[list[prompt_set.EvalPrompt], pr
         "eval": ecfg.model_dump(exclude={"include_base", "clip_t_tolerance", "batch_size"}),
         "resolution": ecfg.resolution or run.config.prepare.resolution,
         "clip_model": sample_scores.clip_source(run.config),
+        "dino_model": sample_scores.dino_source(run.config),
         "device": device,
         "dtype": str(resolve_dtype(ecfg.dtype, device)),
         "base_model": run.config.model.source,

@@ -18,7 +18,7 @@ from PIL import Image
 from lookalike import config as cfg
 from lookalike.errors import LookalikeError
 from lookalike.metrics import scores
-from lookalike.metrics.features import ClipEmbedder, DinoEmbedder, open_clip
+from lookalike.metrics.features import DEFAULT_DINO, ClipEmbedder, DinoEmbedder, open_clip
 from lookalike.metrics.prompt_set import EvalPrompt
 
 HUB_CLIP = "openai/clip-vit-large-patch14"  # the audit's default too: one download serves both
@@ -57,14 +57,23 @@ def clip_source(config: cfg.RunConfig) -> str:
     return chosen
 
 
+def dino_source(config: cfg.RunConfig) -> str:
+    """The DINO to load, or 'none'. The toy world has no DINO ViT, and a hub id would only retry offline."""
+    chosen = config.eval.dino_model.strip()
+    if chosen == "auto":
+        return DINO_OFF if config.model.source == "toy" else DEFAULT_DINO
+    return DINO_OFF if chosen.lower() == DINO_OFF else chosen
+
+
 def _open_dino(source: str, notes: list[str]) -> DinoEmbedder | None:
-    if source.strip().lower() == DINO_OFF:
-        notes.append("DINO, PRES and DINO-based DIV are off (eval.dino_model=none); likeness uses CLIP-I")
+    fallback = "PRES and DIV-feat use CLIP image features, likeness uses CLIP-I"
+    if source == DINO_OFF:
+        notes.append(f"DINO is off (eval.dino_model=none, or the toy model's 'auto'); {fallback}")
         return None
     try:
         return DinoEmbedder(source)
     except LookalikeError as err:
-        notes.append(f"DINO skipped: {err}; DIV uses CLIP features and likeness uses CLIP-I")
+        notes.append(f"DINO skipped: {err}; {fallback}")
         return None
 
 
@@ -72,13 +81,13 @@ def open_extractors(config: cfg.RunConfig) -> Extractors:
     notes: list[str] = []
     source = clip_source(config)
     clip = open_clip(source)
-    dino = _open_dino(config.eval.dino_model, notes)
+    dino = _open_dino(dino_source(config), notes)
     faces = None
     if any(s.kind == "person" for s in config.subjects):
         from lookalike.metrics.faces import FaceEmbedder
 
         faces = FaceEmbedder()
-    return Extractors(clip, source, dino, config.eval.dino_model if dino else None, faces, notes)
+    return Extractors(clip, source, dino, dino_source(config) if dino else None, faces, notes)
 
 
 def subject_references(ex: Extractors, subject: cfg.SubjectConfig, photos: list[Image.Image]) -> SubjectReferences:
@@ -118,7 +127,9 @@ def score_subject(
     text_feats = ex.clip.embed_texts(texts)
     gen_dino = ex.dino.embed_images(images) if ex.dino else None
     gen_faces = ex.faces.embed_images(images) if refs.faces is not None else None
+    # Without DINO, PRES and DIV fall back to CLIP image features (named in the row): the same idea, other numbers.
     div_feats = gen_dino if gen_dino is not None else gen_clip
+    class_feats = (ex.dino or ex.clip).embed_images(class_images)
     divs = _diversity(div_feats, per_prompt)
     rows = []
     for i, prompt in enumerate(prompts):
@@ -135,7 +146,7 @@ def score_subject(
         "dino": scores.dino(gen_dino, refs.dino) if gen_dino is not None else None,
         "clip_i": scores.clip_i(gen_clip, refs.clip),
         "clip_t": scores.clip_t(gen_clip, text_feats),
-        "pres": scores.pres(ex.dino.embed_images(class_images), refs.dino) if ex.dino else None,
+        "pres": scores.pres(class_feats, refs.dino if refs.dino is not None else refs.clip),
         "div_feat": _mean(divs),
         "face_similarity": scores.face_similarity(gen_faces, refs.faces) if gen_faces is not None else None,
         "face_found_share": float(scores.face_found(gen_faces).float().mean()) if gen_faces is not None else None,
@@ -144,7 +155,7 @@ def score_subject(
         "subject": refs.subject.name,
         "kind": refs.subject.kind,
         "likeness_metric": refs.likeness_metric,
-        "div_features": "dino" if gen_dino is not None else "clip",
+        "pres_div_features": "dino" if gen_dino is not None else "clip",
         "metrics": {name: _finite(value) for name, value in metrics.items()},
         "counts": {"prompts": len(prompts), "images": len(images), "class_images": len(class_images), "photos": refs.clip.shape[0]},
         "prompts": rows,

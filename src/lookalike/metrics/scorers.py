@@ -52,10 +52,10 @@ def face_scorer(run: Run) -> FeatureScorer:
 
 def dino_scorer(run: Run) -> FeatureScorer:
     from lookalike.metrics.features import DinoEmbedder
-    from lookalike.metrics.sample_scores import DINO_OFF
+    from lookalike.metrics.sample_scores import DINO_OFF, dino_source
 
-    source = run.config.eval.dino_model
-    if source.strip().lower() == DINO_OFF:
+    source = dino_source(run.config)
+    if source == DINO_OFF:
         raise LookalikeError("generate.scorer=dino needs a DINO model: set eval.dino_model to a ViT folder or hub id, or use generate.scorer=clip")
     return FeatureScorer(f"DINO likeness ({source})", DinoEmbedder(source).embed_images, scores.likeness_per_image)
 
