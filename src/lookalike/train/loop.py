@@ -248,8 +248,8 @@ class Trainer:
                     for model in [self.unet, *self.encoders_in_training]:
                         stack.enter_context(self.accelerator.no_sync(model))
                 loss = self._micro_step_loss(self.step * accumulation + micro)
-                self.accelerator.backward(loss / accumulation)
                 losses.append(self._checked(loss))
+                self.accelerator.backward(loss / accumulation)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.accelerator.clip_grad_norm_(params, self.cfg.max_grad_norm)
         self.optimizer.step()
