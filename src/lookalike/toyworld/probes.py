@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lookalike.toyworld.world import ATTRIBUTE_VALUES, CLASSES, CONTEXTS, STYLES
+from lookalike.toyworld.world import ATTRIBUTE_VALUES, CLASS_NOUNS, CLASSES, CONTEXTS, STYLES
 
 
 def _subject(cls: str, scene: dict, attr: str | None = None, value: str | None = None) -> str:
@@ -27,9 +27,10 @@ def probe_texts(scene: dict, key: str) -> tuple[list[str], list[str]]:
     """(candidate values, one caption per value) for probing ``key`` of the scene."""
     style, context = STYLES[scene["style"]][0], CONTEXTS[scene["context"]][0]
     cls = scene["class"]
-    if key == "class":
-        values = list(CLASSES)
-        return values, [style.format(f"{_subject(c, {})} {context}") for c in values]
+    if key == "class":  # every noun of every class; the best one names the class
+        values = [c for c in CLASSES for _ in CLASS_NOUNS[c]]
+        nouns = [n for c in CLASSES for n in CLASS_NOUNS[c]]
+        return values, [style.format(f"{'an' if n[0] in 'aeiou' else 'a'} {n} {context}") for n in nouns]
     if key == "context":
         values = list(CONTEXTS)
         return values, [style.format(f"{_subject(cls, scene)} {CONTEXTS[v][0]}") for v in values]

@@ -78,6 +78,11 @@ class Stage:
         self.log(f"{self.name}: checkpoint at step {self.step}")
 
 
+def warmup_cosine(step: int, steps: int, warmup: int = 50) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to a tenth."""
+    return min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * np.cos(np.pi * min(step / steps, 1.0)))
+
+
 def clip_texts(scenes: list[dict], rng: np.random.Generator) -> tuple[list[str], list[str]]:
     """A caption per scene and a hard negative: the same phrasing with one attribute changed."""
     positives, negatives = [], []
@@ -101,7 +106,7 @@ def train_clip(folder, images, scenes, tokenizer, steps, every_s, log, batch=64)
         pos, neg = clip_texts([scenes[j] for j in idx], rng)
         tokens = tokenizer(pos + neg, padding="longest", return_tensors="pt")
         for group in opt.param_groups:
-            group["lr"] = 5e-4 * min(1.0, (i + 1) / 50)
+            group["lr"] = 5e-4 * warmup_cosine(i, steps)
         out = clip(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=to_clip_pixels(images[idx]))
         per_image = out.logits_per_image  # (batch, 2*batch): own caption vs others and hard negatives
         target = torch.arange(batch)
@@ -130,6 +135,8 @@ def train_vae(folder, images, steps, every_s, log, batch=16):
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        for group in opt.param_groups:
+            group["lr"] = 1e-3 * warmup_cosine(i, steps)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -159,7 +166,7 @@ def encode_pool(folder: Path, vae, images: np.ndarray, log) -> torch.Tensor:
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int) -> None:
-    decay = min(0.999, (1 + step) / (10 + step))
+    decay = min(0.995, (1 + step) / (10 + step))  # short builds: average the last ~200 steps
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
             e.lerp_(p, 1 - decay)
@@ -172,7 +179,7 @@ def train_unet(folder, latents, scenes, tokenizer, clip, vae, steps, every_s, lo
     unet, scheduler = models.unet_model(), models.noise_scheduler()
     ema = copy.deepcopy(unet).requires_grad_(False)
     text_encoder = models.text_encoder_from(clip).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(unet.parameters(), lr=5e-4, weight_decay=0.01)
+    opt = torch.optim.AdamW(unet.parameters(), lr=8e-4, weight_decay=0.01)
     stage = Stage(folder, "unet", {"model": unet, "ema": ema, "opt": opt}, steps, every_s, log)
     alphas = scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
@@ -192,7 +199,7 @@ def train_unet(folder, latents, scenes, tokenizer, clip, vae, steps, every_s, lo
         weight = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5: no timestep dominates the loss
         loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
         for group in opt.param_groups:
-            group["lr"] = 5e-4 * min(1.0, (i + 1) / 200)
+            group["lr"] = 8e-4 * min(1.0, (i + 1) / 200)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
