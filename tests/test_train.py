@@ -134,3 +134,36 @@ def test_cli_from_toml_and_from_flags_with_previews_and_logs(tmp_path, tiny_mode
     events = [e["event"] for e in read_jsonl(run.events_path)]
     assert events.count("start") == 2 and events.count("done") == 2 and "preview" in events and "step" in events
     assert list((run.logs_dir / "train").glob("events.out.tfevents.*"))
+
+
+def test_each_pass_shows_every_photo_once_and_priors_match_their_subject(tmp_path, tiny_models):
+    from lookalike.data.dataset import draw_batch, load_training_set, step_generator
+
+    run = make_train_run(tmp_path / "run", tiny_models["sd1"], subjects=("cat", "dog"))
+    data = load_training_set(run)
+    drawn = []
+    for micro in range(3):  # 6 photos, batch 1 on each of 2 processes: 3 micro-steps = one pass
+        for rank in (0, 1):
+            instances, priors = draw_batch(data, 0, micro, rank, 2, 1, step_generator(0, micro, rank))
+            assert [p.subject for p in priors] == [e.subject for e in instances]
+            drawn += instances
+    assert sorted(e.path for e in drawn) == sorted(e.path for e in data.instances)
+    again, _ = draw_batch(data, 0, 2, 1, 2, 1, step_generator(0, 2, 1))
+    assert again == [drawn[-1]]  # a step's data depends on its number alone
+
+
+def test_sdxl_time_ids_come_from_each_images_manifest_row(tmp_path, tiny_models):
+    from lookalike.data.dataset import load_training_set
+    from lookalike.run import read_jsonl
+    from lookalike.train.encode import time_ids
+    from trainrun import write_manifest
+
+    run = make_train_run(tmp_path / "run", tiny_models["sdxl"])
+    folder = run.instance_dir("cat")
+    rows = read_jsonl(folder / "manifest.jsonl")
+    rows[1]["original_size"], rows[1]["crop_top_left"] = [300, 200], [50, 0]
+    del rows[2]["original_size"], rows[2]["crop_top_left"]
+    write_manifest(folder, rows)
+    data = load_training_set(run)
+    got = time_ids(data.instances + data.priors["cat"][:1], 64).tolist()
+    assert got == [[80, 96, 4, 8, 64, 64], [300, 200, 50, 0, 64, 64], [64, 64, 0, 0, 64, 64], [64, 64, 0, 0, 64, 64]]
