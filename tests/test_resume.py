@@ -74,7 +74,7 @@ def test_full_stop_file_then_resume_is_bit_identical(tmp_path, tiny_models):
     assert "stopped at step 1" in train_run(split)
     assert not split.stop_path.exists()
     assert [p.name for p in split.checkpoints_dir.iterdir()] == ["step-000001"]
-    assert "trained 3 steps" in train_run(split)
+    assert "trained to step 3" in train_run(split)
 
     files = ["unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"]
     _assert_identical(_weights(whole.model_dir, files), _weights(split.model_dir, files))

@@ -34,7 +34,7 @@ def test_trains_and_the_model_loads_and_differs(tmp_path, tiny_models, family, m
     run = make_train_run(tmp_path / "run", tiny_models[family], f"train.method={method}",
                          f"train.train_text_encoder={str(text_encoder).lower()}", "train.min_snr_gamma=5")
     summary = train_run(run)
-    assert "trained 2 steps" in summary
+    assert "trained to step 2" in summary
     info = json.loads((run.model_dir / "lookalike.json").read_text())
     assert (info["method"], info["family"], info["step"]) == (method, family, 2)
     assert info["subjects"][0]["instance_prompt"] == "a photo of zq0x person"
@@ -167,3 +167,13 @@ def test_sdxl_time_ids_come_from_each_images_manifest_row(tmp_path, tiny_models)
     data = load_training_set(run)
     got = time_ids(data.instances + data.priors["cat"][:1], 64).tolist()
     assert got == [[80, 96, 4, 8, 64, 64], [300, 200, 50, 0, 64, 64], [64, 64, 0, 0, 64, 64], [64, 64, 0, 0, 64, 64]]
+
+
+def test_bf16_after_a_full_precision_run_in_the_same_process(tmp_path, tiny_models):
+    train_run(make_train_run(tmp_path / "fp32", tiny_models["sd1"], "train.max_steps=1"))
+    run = make_train_run(tmp_path / "bf16", tiny_models["sd1"], "train.max_steps=1", "train.mixed_precision=bf16")
+    assert "trained to step 1" in train_run(run)
+    with safe_open(run.model_dir / "pytorch_lora_weights.safetensors", "pt") as f:
+        tensors = [f.get_tensor(k) for k in f.keys()]
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in tensors)
+    assert any(t.abs().sum() > 0 for t in tensors)

@@ -71,8 +71,12 @@ class Trainer:
 
     def _setup_accelerator(self) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from accelerate.utils import ProjectConfiguration
 
+        # accelerate keeps its settings process-wide and refuses a second precision; a later run in
+        # the same process (a notebook, the demo, the tests) may want another one.
+        AcceleratorState._reset_state()
         project = ProjectConfiguration(project_dir=str(self.run.root), logging_dir=str(self.run.logs_dir))
         self.accelerator = Accelerator(
             mixed_precision=self.cfg.mixed_precision,
@@ -217,7 +221,7 @@ class Trainer:
             self.save_checkpoint()
         self.save_model()
         self._emit("done", step=self.step)
-        return f"trained {self.step} steps ({self.cfg.method}); model in {self.run.model_dir}"
+        return f"trained to step {self.step} ({self.cfg.method}); model in {self.run.model_dir}"
 
     def _run_steps(self, bar: tqdm) -> bool:
         """Train until max_steps (False) or a stop request (True)."""
