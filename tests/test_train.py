@@ -32,9 +32,11 @@ def _pipeline_class(family):
 )
 def test_trains_and_the_model_loads_and_differs(tmp_path, tiny_models, family, method, text_encoder):
     run = make_train_run(tmp_path / "run", tiny_models[family], f"train.method={method}",
-                         f"train.train_text_encoder={str(text_encoder).lower()}", "train.min_snr_gamma=5")
+                         f"train.train_text_encoder={str(text_encoder).lower()}", "train.min_snr_gamma=5",
+                         "train.preview_every=2", "train.preview_steps=1")
     summary = train_run(run)
     assert "trained to step 2" in summary
+    assert (run.previews_dir / "step-000002_0.png").is_file()
     info = json.loads((run.model_dir / "lookalike.json").read_text())
     assert (info["method"], info["family"], info["step"]) == (method, family, 2)
     assert info["subjects"][0]["instance_prompt"] == "a photo of zq0x person"
@@ -48,6 +50,7 @@ def test_trains_and_the_model_loads_and_differs(tmp_path, tiny_models, family, m
             torch.equal(a, b) for a, b in zip(getattr(base, name).parameters(), getattr(trained, name).parameters())
         )
         assert changed("unet") and changed("text_encoder") == text_encoder
+        assert type(trained.scheduler) is type(base.scheduler)  # previews sample with their own scheduler
     else:
         with safe_open(run.model_dir / "pytorch_lora_weights.safetensors", "pt") as f:
             prefixes = {key.split(".")[0] for key in f.keys()}
