@@ -81,3 +81,15 @@ def test_full_stop_file_then_resume_is_bit_identical(tmp_path, tiny_models):
     # the uninterrupted run's weights really moved: the comparison is not between two copies of the base
     base = _weights(tiny_models["sd2"], files)
     assert any(not torch.equal(base[k], v) for k, v in _weights(whole.model_dir, files).items())
+
+
+def test_a_half_written_checkpoint_is_never_the_latest(tmp_path):
+    from lookalike.train.checkpoint import latest_checkpoint, prune_checkpoints
+
+    folder = tmp_path / "checkpoints"
+    for name in ("step-000002", "step-000010", ".step-000012.x1y2.tmp", "step-notes"):
+        (folder / name).mkdir(parents=True)
+    assert latest_checkpoint(folder).name == "step-000010"  # not the temporary folder of a killed write
+    prune_checkpoints(folder, keep=1)
+    assert sorted(p.name for p in folder.iterdir()) == [".step-000012.x1y2.tmp", "step-000010", "step-notes"]
+    assert latest_checkpoint(tmp_path / "none") is None

@@ -132,6 +132,9 @@ def test_cli_from_toml_and_from_flags_with_previews_and_logs(tmp_path, tiny_mode
     flags = ["train.max_steps=2", "train.preview_every=2", "train.preview_steps=2", "train.keep_checkpoints=1",
              "train.preview_prompts=['{subject} on a beach', 'a {subject}']"]
     assert main(["train", str(run.root), *flags]) == 0
+    assert open_trained(run, checkpoint=2)[1]["step"] == 2
+    with pytest.raises(LookalikeError, match="no trained model"):
+        open_trained(run, checkpoint=1)  # pruned: keep_checkpoints=1
     assert sorted(p.name for p in run.previews_dir.iterdir()) == ["step-000002_0.png", "step-000002_1.png"]
     assert [p.name for p in run.checkpoints_dir.iterdir()] == ["step-000002"]
     events = [e["event"] for e in read_jsonl(run.events_path)]
