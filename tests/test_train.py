@@ -123,7 +123,7 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_
     assert read_jsonl(run.events_path)[-1]["event"] == "error"
 
 
-def test_cli_from_toml_and_from_flags_with_previews_and_logs(tmp_path, tiny_models):
+def test_cli_from_toml_and_from_flags_with_previews_and_logs(tmp_path, tiny_models, capsys):
     run = make_train_run(tmp_path / "run", tiny_models["sd1"])
     toml = tmp_path / "run.toml"
     toml.write_text((run.root / "config.toml").read_text().replace("max_steps = 2", "max_steps = 1"))
@@ -140,6 +140,9 @@ def test_cli_from_toml_and_from_flags_with_previews_and_logs(tmp_path, tiny_mode
     events = [e["event"] for e in read_jsonl(run.events_path)]
     assert events.count("start") == 2 and events.count("done") == 2 and "preview" in events and "step" in events
     assert list((run.logs_dir / "train").glob("events.out.tfevents.*"))
+    assert main(["train", str(run.root), "train.method=full", "train.max_steps=4"]) == 2
+    assert "trained with method=lora" in capsys.readouterr().err
+    assert [p.name for p in run.checkpoints_dir.iterdir()] == ["step-000002"]
 
 
 def test_each_pass_shows_every_photo_once_and_priors_match_their_subject(tmp_path, tiny_models):
