@@ -57,6 +57,16 @@ def zero_shot(judge: Judge, count: int) -> dict[str, float]:
     return _accuracies(hits)
 
 
+@torch.no_grad()
+def vae_psnr(vae, count: int) -> float:
+    """Reconstruction PSNR (dB) of the VAE over held-out renders."""
+    images = np.stack([render_seed(HELD_OUT + 90_000 + i)[0] for i in range(count)])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    mse = float(((recon - x) / 2).pow(2).mean())
+    return round(10 * np.log10(1.0 / mse), 2)
+
+
 def generate(pipeline, prompts: list[str], seed: int, steps: int, guidance: float) -> list[np.ndarray]:
     images = []
     for start in range(0, len(prompts), 16):
@@ -123,7 +133,13 @@ def markdown(results: dict) -> str:
         f"**Skew of \"a photo of a man\"** ({results['skew_images']} generations, judged by the toy CLIP): "
         f"bearded {skew['beard']:.0%} (world: 50%), glasses {skew['glasses']:.0%} (world: 12%).",
         "",
+        f"**VAE** reconstruction of 64 held-out renders: PSNR {results['vae_psnr_db']:.1f} dB.",
+        "",
+        "Generations for the first 32 held-out captions (prompts in toyworld-metrics.json), and 32 held-out renders of the world:",
+        "",
         "![contact sheet](toyworld-contact-sheet.png)",
+        "",
+        "![renders](toyworld-renders.png)",
     ]
     return "\n".join(lines)
 
@@ -152,14 +168,16 @@ def main(argv: list[str] | None = None) -> None:
     model, docs = Path(args.model), Path(args.docs)
     pipeline, judge = load(model)
     zero = zero_shot(judge, args.renders)
+    psnr = vae_psnr(pipeline.vae, 64)
     gens, prompts, images = generation_accuracy(pipeline, judge, args.prompts, args.steps, args.guidance)
     skew = man_skew(pipeline, judge, args.skew_images, args.steps, args.guidance)
     contact_sheet(images[:32], docs / "toyworld-contact-sheet.png")
+    contact_sheet([render_seed(HELD_OUT + i)[0] for i in range(32)], docs / "toyworld-renders.png")
     results = {
         "model": str(model), "unet_step": json.loads((model / "pipeline" / "toyworld.json").read_text())["unet_step"],
         "status": args.status, "steps": args.steps, "guidance": args.guidance, "renders": args.renders,
         "prompts": args.prompts, "skew_images": args.skew_images, "zero_shot": zero, "generations": gens,
-        "man_skew": skew, "contact_sheet_prompts": prompts[:32], "seconds": time.time() - start,
+        "man_skew": skew, "vae_psnr_db": psnr, "contact_sheet_prompts": prompts[:32], "seconds": time.time() - start,
     }
     atomic_write_text(docs / "toyworld-metrics.json", json.dumps(results, indent=1) + "\n")
     write_report(docs / "TOYWORLD.md", markdown(results))
