@@ -127,3 +127,15 @@ def test_unknown_subject_and_missing_weights_are_user_errors(tmp_path, monkeypat
         toyworld.pipeline_dir()
     with pytest.raises(LookalikeError, match="not shipped yet"):
         toyworld.clip_dir()
+
+
+def test_probe_captions_differ_only_in_the_probed_key():
+    from lookalike.toyworld.probes import probe_texts
+
+    tokenizer_words = caption_words()
+    for seed in range(60):
+        scene = sample_scene(seed)
+        for key in ["class", "context", "style"] + visible_attributes(scene):
+            values, texts = probe_texts(scene, key)
+            assert len(values) == len(texts) == len(set(texts)) and scene[key] in values
+            assert all(set(t.replace(",", " ").replace("-", " - ").split()) <= tokenizer_words for t in texts)
