@@ -13,12 +13,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-# Single tokens below this id are among CLIP's 20,000 most frequent merges: 'dog' is 1929,
-# 'man' 786, 'rifle' 15354. Identifiers there already mean something the subject must overwrite.
-COMMON_RANK = 20000
+# Single tokens in the first 40% of the vocabulary are frequent pieces: in SD's 49,408-token
+# CLIP vocabulary (ids under ~20,000) 'dog' is 1929, 'man' 786, 'rifle' 15354. Identifiers there
+# already mean something the subject must overwrite. Fractions, so smaller vocabularies (the toy
+# model's) are judged the same way.
+COMMON_SHARE = 0.4
 
-# Proposals come from the rarest part of the vocabulary only.
-RARE_RANK = 40000
+# Proposals come from the rarest fifth of the vocabulary only (SD: ids of ~40,000 and up).
+RARE_SHARE = 0.8
 
 # Tokens that look rare but mean something strong (or unpleasant) to Stable Diffusion.
 KNOWN_MEANINGS = {
@@ -78,9 +80,10 @@ def check_identifier(tokenizer: Any, word: str) -> IdentifierCheck:
         check.problems.append(
             f"splits into {len(tokens)} tokens, each with a meaning of its own: pick a single-token identifier"
         )
-    elif ids and ids[0] < COMMON_RANK:
+    elif ids and ids[0] < COMMON_SHARE * len(tokenizer):
+        common = int(COMMON_SHARE * len(tokenizer))
         check.problems.append(
-            f"a common word to the model (token id {ids[0]}; ids under {COMMON_RANK} are frequent words): "
+            f"a common word to the model (token id {ids[0]}; ids under {common} are frequent words): "
             "the subject would have to overwrite what it already means"
         )
     return check
@@ -95,9 +98,10 @@ def _looks_unpronounceable(word: str) -> bool:
 def propose_identifiers(tokenizer: Any, n: int = 5) -> list[str]:
     """``n`` rare single-token identifiers, rarest first; the same list every time for a vocabulary."""
     candidates = []
+    rare = RARE_SHARE * len(tokenizer)
     for token, token_id in tokenizer.get_vocab().items():
         word = token.removesuffix("</w>")
-        if token_id < RARE_RANK or word == token or not _PROPOSAL_SHAPE.fullmatch(word):
+        if token_id < rare or word == token or not _PROPOSAL_SHAPE.fullmatch(word):
             continue
         if word in KNOWN_MEANINGS or not _looks_unpronounceable(word):
             continue
@@ -141,6 +145,9 @@ def check_run(run: Any) -> str:
     for subject in run.config.subjects:
         lines += _subject_lines(tokenizers, subject)
     proposals = _proposals(tokenizers, {s.identifier.lower() for s in run.config.subjects})
-    lines.append(f"rare single-token identifiers for this model: {', '.join(proposals)}")
-    lines.append(f"use one with: lookalike identifier {run.root} subject.identifier={proposals[0]}")
+    if proposals:
+        lines.append(f"rare single-token identifiers for this model: {', '.join(proposals)}")
+        lines.append(f"use one with: lookalike identifier {run.root} subject.identifier={proposals[0]}")
+    else:
+        lines.append("no rare single-token identifier found in this vocabulary to propose")
     return "\n".join(lines)

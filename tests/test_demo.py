@@ -1,0 +1,37 @@
+"""`lookalike demo` replays the whole story on one run folder (small numbers here, to stay fast)."""
+
+from __future__ import annotations
+
+import json
+
+from lookalike.cli import main
+from lookalike.demo import toy_is_shipped
+
+SMALL = [
+    "priors.num_images=4", "priors.batch_size=4", "priors.steps=2",
+    "train.max_steps=2", "train.checkpoint_every=1", "train.keep_checkpoints=1",
+    "generate.styles=['pencil-drawing']", "generate.seeds_per_prompt=2", "generate.keep=1", "generate.steps=2",
+    "eval.max_prompts=2", "eval.samples_per_prompt=2", "eval.steps=2", "eval.include_base=false",
+]
+
+
+def test_demo_runs_every_step_and_says_where_to_look(tmp_path, capsys):
+    run_dir = tmp_path / "demo"
+    assert main(["demo", str(run_dir), *SMALL]) == 0
+    out = capsys.readouterr().out
+    for verb in ("prepare", "identifier", "priors", "audit", "train", "generate", "eval", "export"):
+        assert f"lookalike {verb} {run_dir}" in out
+    assert (run_dir / "audit" / "report.html").is_file()
+    assert (run_dir / "model" / "pytorch_lora_weights.safetensors").is_file()
+    assert list(run_dir.glob("samples/*/index.html"))
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    assert report["rows"] and all(row["subject"] == "toyperson" for row in report["rows"])
+    assert list((run_dir / "export").glob("*.safetensors"))
+    assert ("UNTRAINED stand-in" in out) is not toy_is_shipped()
+    assert "Where to look" in out
+
+
+def test_demo_refuses_a_bad_override_before_doing_anything(tmp_path, capsys):
+    assert main(["demo", str(tmp_path / "demo"), "train.max_steps=zero"]) == 2
+    assert "train.max_steps" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
