@@ -17,6 +17,7 @@ from lookalike.run import Run
 
 DEMO_PRESET = "toy-demo"
 DEMO_SUBJECT = "toyperson"
+EVAL_PROMPTS = Path(__file__).parent / "toyworld" / "assets" / "eval-prompts.toml"
 
 
 def _steps() -> list[tuple[str, str, Callable[[Run], object]]]:
@@ -86,7 +87,7 @@ def open_demo_run(folder: Path | str, overrides: list[str] = ()) -> Run:
     """
     from lookalike.toyworld import subject_dir
 
-    base = [f"subject.photos={subject_dir(DEMO_SUBJECT)}"]
+    base = [f"subject.photos={subject_dir(DEMO_SUBJECT)}", f"eval.prompts_file={EVAL_PROMPTS}"]
     Run.open(folder, preset=DEMO_PRESET, overrides=[*base, *overrides], save=False)  # bad input: nothing written
     if not toy_is_shipped():
         stand_in = write_stand_in(Path(folder) / "stand-in")
