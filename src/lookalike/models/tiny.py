@@ -21,6 +21,8 @@ FAMILIES = ("sd1", "sd2", "sdxl")
 SIZES = {
     "tiny": dict(blocks=(32, 64), layers=1, text_hidden=32, text_layers=2, vae_blocks=(32, 64)),
     "mid": dict(blocks=(128, 256, 512), layers=2, text_hidden=256, text_layers=4, vae_blocks=(64, 128, 128)),
+    # Stable Diffusion 1.5's real dimensions (860M-parameter UNet), for a smoke test at full size.
+    "sd15": dict(blocks=(320, 640, 1280, 1280), layers=2, text_hidden=768, text_layers=12, vae_blocks=(128, 256, 512, 512)),
 }
 
 
@@ -67,7 +69,7 @@ def _text_config(hidden: int, layers: int, act: str, projection_dim: int | None 
         pad_token_id=49407,
         hidden_size=hidden,
         intermediate_size=hidden * 4,
-        num_attention_heads=max(1, hidden // 8),
+        num_attention_heads=max(1, hidden // 64) if hidden >= 512 else max(1, hidden // 8),
         num_hidden_layers=layers,
         max_position_embeddings=77,
         hidden_act=act,
