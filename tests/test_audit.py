@@ -16,7 +16,7 @@ from lookalike.errors import LookalikeError
 from lookalike.prior import probes
 from lookalike.prior.audit import SubjectAudit, apply_refined_prompts, audit_run
 from lookalike.prior.checks import open_set
-from lookalike.run import Run, append_jsonl
+from lookalike.run import Run, append_jsonl, read_jsonl
 
 BEARD = probes.Attribute("beard", ("with a beard", "clean-shaven"))
 GLASSES = probes.Attribute("glasses", ("wearing glasses", "without glasses"))
@@ -210,7 +210,7 @@ def test_apply_flag_runs_end_to_end_and_keeps_config_valid(run_root, tiny_clip):
     assert saved == (report["refined_class_prompt"] if report["applied"] else "a photo of a man")
 
 
-@pytest.mark.parametrize("problem", ["no-priors", "bad-clip", "stop"])
+@pytest.mark.parametrize("problem", ["no-priors", "bad-clip"])
 def test_failures_explain_and_leave_the_previous_report(run_root, tiny_clip, tmp_path, capsys, problem):
     old = run_root / "audit" / "report.html"
     old.parent.mkdir()
@@ -218,13 +218,24 @@ def test_failures_explain_and_leave_the_previous_report(run_root, tiny_clip, tmp
     clip = tmp_path / "no-such-clip" if problem == "bad-clip" else tiny_clip
     if problem == "no-priors":
         shutil.rmtree(run_root / "priors")
-    if problem == "stop":
-        (run_root / "STOP").touch()
     assert main(["audit", str(run_root), *overrides(clip)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: progress bars
-    expected = {"no-priors": "lookalike priors", "bad-clip": "could not load the CLIP model", "stop": "stopped by"}[problem]
+    expected = {"no-priors": "lookalike priors", "bad-clip": "could not load the CLIP model"}[problem]
     assert err.startswith("lookalike audit: error:") and expected in err
     assert old.read_text() == "previous report" and sorted(p.name for p in old.parent.iterdir()) == ["report.html"]
+
+
+def test_stop_file_stops_cleanly_and_leaves_the_previous_report(run_root, tiny_clip, capsys):
+    old = run_root / "audit" / "report.html"
+    old.parent.mkdir()
+    old.write_text("previous report")
+    (run_root / "STOP").touch()
+    assert main(["audit", str(run_root), *overrides(tiny_clip, "audit.apply=true")]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == "stopped after 0 of 1 subjects (the previous audit report is unchanged); run the same command again to continue"
+    assert old.read_text() == "previous report" and sorted(p.name for p in old.parent.iterdir()) == ["report.html"]
+    assert not (run_root / "STOP").exists() and read_jsonl(run_root / "events.jsonl")[-1]["event"] == "stopped"
+    assert Run.open(run_root).subject().resolved_class_prompt() == "a photo of a man"  # audit.apply changed nothing
 
 
 def test_toy_clip_is_the_default_for_the_toy_model(run_root):

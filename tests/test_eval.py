@@ -118,6 +118,8 @@ def test_report_has_a_row_per_model_with_finite_metrics(evaluated):
     rec = report["recommendation"]
     assert rec["checkpoint"] in ("step-000002", "model") and "CLIP-T" in rec["rule"]
     assert f"recommended: {rec['checkpoint']}" in summary and f"rule: {rec['rule']}" in summary
+    (line,) = [line for line in summary.splitlines() if line.startswith("recommended:")]
+    assert line.count(rec["checkpoint"]) == 1 and " — " in line  # the name once, then why
 
 
 def test_same_seeds_for_every_model_and_samples_on_disk(evaluated):
@@ -237,7 +239,8 @@ def test_stop_file_leaves_a_partial_report_and_no_cache(person_run):
     person_run.stop_path.touch()
     summary = evaluate.eval_run(person_run)
     report, rows = metrics_of(person_run)
-    assert report["stopped"] and rows == {} and "stopped: 0 of 1 models evaluated" in summary
+    assert report["stopped"] and rows == {} and summary.startswith("stopped after 0 of 1 models")
+    assert summary.endswith("run the same command again to continue")
     assert not person_run.stop_path.exists() and not (person_run.root / "eval" / "cache" / "step-000002.json").exists()
     assert [e["event"] for e in read_jsonl(person_run.events_path)][-1] == "stopped"
 

@@ -161,8 +161,8 @@ def test_real_architectures_get_the_released_files_key_set(family):
 # ---------------------------------------------------------------- LoRA
 
 
-def _make_lora(folder: Path, family: str, out: Path) -> Path:
-    """Random (non-zero) LoRA adapters on every model part, saved as diffusers' save_lora_weights does."""
+def _make_lora(folder: Path, family: str, out: Path, text_encoders: bool = True) -> Path:
+    """Random (non-zero) LoRA adapters on every model part (or the UNet alone), saved as diffusers' save_lora_weights does."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
@@ -172,7 +172,9 @@ def _make_lora(folder: Path, family: str, out: Path) -> Path:
     # alpha != rank, different per part, so a lost or misplaced alpha changes the image.
     configs = {"unet": LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
                "text_encoder": LoraConfig(r=2, lora_alpha=3, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])}
-    if family == "sdxl":
+    if not text_encoders:
+        del configs["text_encoder"]
+    elif family == "sdxl":
         configs["text_encoder_2"] = LoraConfig(r=4, lora_alpha=2, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"])
     kwargs = {}
     for name, config in configs.items():
@@ -187,7 +189,7 @@ def _make_lora(folder: Path, family: str, out: Path) -> Path:
     return out / "pytorch_lora_weights.safetensors"
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_kohya_lora_renders_like_the_diffusers_lora(tiny_models, tmp_path, family):
     diffusers_file = _make_lora(tiny_models[family], family, tmp_path)
     weights, header = read_lora_file(diffusers_file)
@@ -281,6 +283,56 @@ def test_export_lora_run_in_both_lora_layouts_from_the_cli(tiny_models, tmp_path
     assert copied.keys() == original.keys() and all(torch.equal(copied[k], original[k]) for k in original)
     card = (run.root / "export" / "README.md").read_text()
     assert "<lora:me-lora:1>" in card and "lora-diffusers/pytorch_lora_weights.safetensors" in card
+
+
+def test_export_full_run_as_diffusers_folder_renders_like_open_trained(tiny_models, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from lookalike.models.trained import open_trained
+
+    run = _trained_run(tmp_path / "me", tiny_models["sd2"], "sd2", "full")
+    assert main(["export", str(run.root), "export.format=diffusers", "export.dtype=fp32"]) == 0
+    folder = run.root / "export" / "diffusers"
+    assert (folder / "model_index.json").is_file() and (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    exported = DiffusionPipeline.from_pretrained(folder)
+    trained, _ = open_trained(run)
+    assert type(exported) is type(trained)
+    assert np.array_equal(_render(exported), _render(trained))
+    assert 'from_pretrained("diffusers")' in (run.root / "export" / "README.md").read_text()
+
+
+def test_export_lora_run_as_single_file_fuses_the_lora(tiny_models, tmp_path):
+    lora = _make_lora(tiny_models["sd1"], "sd1", tmp_path / "lora")
+    run = _trained_run(tmp_path / "me", tiny_models["sd1"], "sd1", "lora", lora)
+    assert main(["export", str(run.root), "export.format=single-file", "export.dtype=fp32"]) == 0
+    path = run.root / "export" / "me.safetensors"
+    assert not any("lora" in k for k in load_file(str(path)))  # fused into the weights, no adapter tensors
+    single = _pipeline_class("sd1").from_single_file(str(path), config=str(tiny_models["sd1"]), local_files_only=True)
+    base = _pipeline_class("sd1").from_pretrained(tiny_models["sd1"])
+    plain = _render(base)
+    base.load_lora_weights(str(lora))
+    with_lora = _render(base)
+    # Fusing adds B·A·alpha/r to each weight once instead of at every forward: equal up to float32 rounding.
+    assert np.abs(_render(single) - with_lora).max() <= 1e-5  # measured 2.7e-6
+    assert np.abs(with_lora - plain).max() > 0.05  # the LoRA really changes the image
+
+
+@pytest.mark.parametrize("family, text_encoders", [("sd1", False), ("sdxl", True)])
+def test_open_trained_fuses_the_lora_quietly(tiny_models, tmp_path, caplog, family, text_encoders):
+    from lookalike.models.trained import open_trained
+
+    lora = _make_lora(tiny_models[family], family, tmp_path / "lora", text_encoders=text_encoders)
+    run = _trained_run(tmp_path / "me", tiny_models[family], family, "lora", lora)
+    reference = _pipeline_class(family).from_pretrained(tiny_models[family])
+    with caplog.at_level("WARNING"):
+        reference.load_lora_weights(str(lora))
+        diffusers_warned = any("No LoRA keys" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        opened, _ = open_trained(run)
+    assert not [r.getMessage() for r in caplog.records if "LoRA" in r.getMessage()]
+    assert diffusers_warned == (not text_encoders)  # the warning open_trained avoids is real
+    assert not any("lora" in name for name, _ in opened.unet.named_parameters())  # fused, adapters gone
+    assert np.abs(_render(opened) - _render(reference)).max() <= 1e-5
 
 
 def test_export_without_training_says_what_to_do(tmp_path, capsys):

@@ -339,7 +339,8 @@ def test_from_names_a_run_that_is_gone(tmp_path, capsys):
 def test_stop_file_ends_generation_cleanly(tmp_path, tiny_models):
     run = Run.open(tmp_path / "run", overrides=settings(tiny_models["sd1"], "generate.seeds_per_prompt=2"))
     run.stop_path.touch()
-    assert generate_run(run).startswith("stopped after 0 of 2")
+    summary = generate_run(run)
+    assert summary.startswith("stopped after 0 of 2") and summary.endswith("run the same command again to continue")
     (folder,) = sample_folders(run.root)
     assert read_jsonl(folder / "manifest.jsonl") == [] and (folder / "index.html").is_file()
     assert not run.stop_path.exists()

@@ -182,10 +182,11 @@ def test_stop_file_stops_and_keeps_previous_set(tmp_path, photo_folder):
     _prepare(run)
     previous = _snapshot(run.instance_dir("subject"))
     run.stop_path.write_text("")
-    with pytest.raises(LookalikeError, match="stopped"):
-        _prepare(run)
-    assert _snapshot(run.instance_dir("subject")) == previous
+    summary = _prepare(run)
+    assert summary == "stopped before replacing the prepared photos (the previous set is unchanged); run the same command again to continue"
+    assert _snapshot(run.instance_dir("subject")) == previous and not run.stop_path.exists()
     assert read_jsonl(run.events_path)[-1]["event"] == "stopped"
+    assert not [p for p in run.instance_dir("subject").parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
 def test_second_subject_failing_leaves_both_sets_as_they_were(tmp_path, photo_folder):

@@ -67,7 +67,8 @@ def test_stop_then_resume_matches_one_uninterrupted_batch(tmp_path, tiny_models)
     config = open_run(tmp_path / "split", model, "priors.num_images=4", "priors.batch_size=1").config
     split = StopAfter(tmp_path / "split", config, count=2)
     summary = generate_priors(split)
-    assert "stopped by the STOP file" in summary and not split.stop_requested()
+    assert summary.startswith("stopped with subject: 2 of 4 priors") and not split.stop_requested()
+    assert summary.endswith("run the same command again to continue") and "\n" not in summary
     folder = split.priors_dir("subject")
     assert [r["seed"] for r in read_jsonl(folder / "manifest.jsonl")] == [0, 1]
     first_two = {name: (folder / name).read_bytes() for name in ("000000.png", "000001.png")}
@@ -180,3 +181,14 @@ def test_no_prior_preservation_means_nothing_to_do(tmp_path):
     run = Run.open(tmp_path / "run", overrides=["train.with_prior_preservation=false", "model.source=/nowhere"])
     assert "with_prior_preservation is off" in generate_priors(run)
     assert not (run.root / "priors").exists()
+
+
+def test_a_stop_file_left_before_the_start_stops_at_once_and_is_removed(tmp_path, capsys):
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "STOP").touch()
+    # model.source names no model: a run told to stop loads none
+    assert main(["priors", str(root), f"model.source={tmp_path / 'no-model'}", *FAST, "priors.num_images=3"]) == 0
+    assert capsys.readouterr().out.strip().startswith("stopped before the priors of subject; run the same command again")
+    assert not (root / "STOP").exists() and not (root / "priors" / "subject").exists()
+    assert read_jsonl(root / "events.jsonl")[-1]["event"] == "stopped"

@@ -71,7 +71,7 @@ def test_full_stop_file_then_resume_is_bit_identical(tmp_path, tiny_models):
 
     split = make_train_run(tmp_path / "split", tiny_models["sd2"], *FULL)
     split.stop_path.touch()
-    assert "stopped at step 1" in train_run(split)
+    assert train_run(split) == "stopped at step 1 of 3 (checkpoint saved); run the same command again to continue"
     assert not split.stop_path.exists()
     assert [p.name for p in split.checkpoints_dir.iterdir()] == ["step-000001"]
     assert "trained to step 3" in train_run(split)

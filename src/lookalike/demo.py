@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from lookalike.run import Run
+from lookalike.run import Run, Stopped
 
 DEMO_PRESET = "toy-demo"
 DEMO_SUBJECT = "toyperson"
@@ -108,6 +108,8 @@ def demo_run(run: Run, echo: Callable[[str], None] = print) -> str:
         if summary:
             echo(str(summary))
         echo(f"   ({time.perf_counter() - t0:.0f} s)")
+        if isinstance(summary, Stopped):  # a STOP file ends the story here, not just this step
+            return f"demo stopped at `lookalike {verb} {run.root}`; run the demo again to continue"
     minutes = (time.perf_counter() - started) / 60
     root = run.root
     return "\n".join(

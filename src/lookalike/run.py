@@ -11,6 +11,14 @@ Layout of ``runs/<name>/``::
     logs/                       TensorBoard logs
     events.jsonl                progress events of long verbs, one JSON object per line
     STOP                        create this file to ask a running verb to stop cleanly
+
+Stopping: every long verb (prepare, priors, audit, train, generate, eval) looks for ``STOP``
+between units of work (a photo, an image batch, a training step, a subject). When it finds one
+it finishes the current unit, keeps everything finished (train saves a checkpoint; prepare and
+audit, which replace their output whole, leave the previous one as it was), removes ``STOP``,
+writes a ``stopped`` event and returns a one-line ``stopped ...; run the same command again to
+continue`` summary (exit status 0). A ``STOP`` already there when a verb starts is treated the
+same: the verb stops at its first check, removes it and says so.
 """
 
 from __future__ import annotations
@@ -86,6 +94,15 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row, sort_keys=True) + "\n")
         f.flush()
+
+
+class Stopped(str):
+    """The summary a verb returns when a STOP file stopped it (the demo stops its story on one)."""
+
+
+def stop_summary(what: str) -> Stopped:
+    """``stopped <what>; run the same command again to continue``: every verb's stop line."""
+    return Stopped(f"stopped {what}; run the same command again to continue")
 
 
 class Run:
@@ -183,3 +200,9 @@ class Run:
 
     def clear_stop(self) -> None:
         self.stop_path.unlink(missing_ok=True)
+
+    def stopped(self, verb: str, what: str, **fields: Any) -> Stopped:
+        """Honour a STOP request: remove the file, record a ``stopped`` event, return the summary line."""
+        self.clear_stop()
+        self.emit(verb, "stopped", **fields)
+        return stop_summary(what)

@@ -5,7 +5,8 @@ read, never written). Unusable files are skipped with one line saying why; exact
 (perceptual hash) are dropped, keeping the copy with the most pixels; each remaining photo is
 cropped square (face-centred for people, else centred), resized to ``prepare.resolution`` and
 written as PNG to ``run.instance_dir(subject)`` with ``manifest.jsonl``. The prepared set is
-derived data: a re-run replaces it whole, and a failed or stopped run leaves the old one in place.
+derived data: a re-run replaces it whole, and a failed or stopped run leaves the old one in place
+(a STOP file is checked before each photo; see :mod:`lookalike.run`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ from lookalike import config as cfg
 from lookalike.data import faces
 from lookalike.data.images import UnusableImage, hamming, open_image, phash, sharpness
 from lookalike.errors import LookalikeError
-from lookalike.run import Run, atomic_dir
+from lookalike.run import Run, Stopped, atomic_dir
 
 VERB = "prepare"
 MANIFEST = "manifest.jsonl"
 WARN = "warning:"  # prefix of the notes that say a photo may train badly
+
+
+class _StopRequested(Exception):
+    """Unwinds the half-built prepared sets (their temporary folders are dropped) on a STOP file."""
 
 
 @dataclass
@@ -74,16 +79,19 @@ class PrepareReport:
         return "\n".join(str(s) for s in self.subjects)
 
 
-def prepare_run(run: Run) -> PrepareReport:
+def prepare_run(run: Run) -> PrepareReport | Stopped:
     """Prepare every subject's photos; all prepared sets are replaced together or not at all."""
     folders = [photos_folder(run, subject, i) for i, subject in enumerate(run.config.subjects)]
     reports = []
-    with contextlib.ExitStack() as swaps:
-        for subject, folder in zip(run.config.subjects, folders):
-            staging = swaps.enter_context(atomic_dir(run.instance_dir(subject.name)))
-            report = SubjectReport(subject.name, run.instance_dir(subject.name), run.config.prepare.resolution)
-            prepare_subject(run, subject, folder, staging, report)
-            reports.append(report)
+    try:
+        with contextlib.ExitStack() as swaps:
+            for subject, folder in zip(run.config.subjects, folders):
+                staging = swaps.enter_context(atomic_dir(run.instance_dir(subject.name)))
+                report = SubjectReport(subject.name, run.instance_dir(subject.name), run.config.prepare.resolution)
+                prepare_subject(run, subject, folder, staging, report)
+                reports.append(report)
+    except _StopRequested:
+        return run.stopped(VERB, "before replacing the prepared photos (the previous set is unchanged)")
     for report in reports:
         run.emit(VERB, "done", subject=report.name, kept=len(report.rows), skipped=len(report.skipped),
                  dropped=len(report.dropped), notes=len(report.notes))
@@ -138,8 +146,7 @@ def _progress(items: list, desc: str):
 
 def _check_stop(run: Run) -> None:
     if run.stop_requested():
-        run.emit(VERB, "stopped")
-        raise LookalikeError(f"stopped by {run.stop_path}; the previous prepared set is unchanged (delete STOP and run again)")
+        raise _StopRequested
 
 
 def _read(run: Run, subject: str, path: Path, report: SubjectReport) -> Candidate | None:

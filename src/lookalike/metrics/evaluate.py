@@ -301,7 +301,8 @@ def eval_run(run: Run) -> str:
             run.emit(VERB, "scored", model=target.name, step=target.step)
     result = build_report(run, targets, results, notes, settings, stopped)
     report.write_report(eval_dir(run), result)
-    run.emit(VERB, "stopped" if stopped else "done", report=str(eval_dir(run) / "report.json"), recommended=result["recommendation"]["checkpoint"])
     if stopped:
-        run.clear_stop()
+        what = f"after {len(results)} of {len(targets)} models (their scores are in {eval_dir(run) / 'index.html'})"
+        return run.stopped(VERB, what, report=str(eval_dir(run) / "report.json"), evaluated=len(results))
+    run.emit(VERB, "done", report=str(eval_dir(run) / "report.json"), recommended=result["recommendation"]["checkpoint"])
     return report.summary_text(result, eval_dir(run), reused=len(targets) - len(todo), total=len(targets))

@@ -68,13 +68,13 @@ def recommend(summaries: list[Summary], tolerance: float, likeness_metrics: set[
         best = max(trained, key=lambda s: (s.clip_t, -s.step))
         return Recommendation(
             rule, best.target, best.step,
-            f"no checkpoint keeps CLIP-T at or above {floor:.4f}; {best.target} follows prompts best "
+            f"no checkpoint keeps CLIP-T at or above {floor:.4f}; this one follows prompts best "
             f"(CLIP-T {best.clip_t:.4f}): train fewer steps or with a lower learning rate",
         )
     # Ties go to the earlier step: as alike, with less chance of overfitting.
     best = max(kept, key=lambda s: (s.likeness, -s.step))
     return Recommendation(
         rule, best.target, best.step,
-        f"{best.target} (step {best.step}): likeness {best.likeness:.4f}, CLIP-T {best.clip_t:.4f} "
+        f"likeness {best.likeness:.4f}, CLIP-T {best.clip_t:.4f} "
         f"(floor {floor:.4f}; {len(kept)} of {len(trained)} checkpoints within it)",
     )

@@ -116,6 +116,14 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} tr.pick{background
 .note{color:#8a4b00}"""
 
 
+def recommended_name(rec: dict[str, Any]) -> str:
+    """``step-000200`` as it is; ``model`` says its step; ``none`` when nothing was recommended."""
+    name = rec["checkpoint"]
+    if name is None:
+        return "none"
+    return name if name.startswith("step-") else f"{name} (step {rec['step']})"
+
+
 def render_html(report: dict[str, Any]) -> str:
     rows, rec = report["rows"], report["recommendation"]
     metrics = shown_metrics(rows)
@@ -125,7 +133,7 @@ def render_html(report: dict[str, Any]) -> str:
     stopped = "<p class=\"note\">Stopped before every model was evaluated: run <code>lookalike eval</code> again to finish.</p>" if report["stopped"] else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>lookalike eval</title><style>{STYLE}</style></head><body>
 <h1>Eval: {html.escape(report['run'])}</h1>{stopped}
-<p><b>Recommended: {html.escape(str(rec['checkpoint']))}</b> — {html.escape(rec['reason'])}<br>Rule: {html.escape(rec['rule'])}.</p>
+<p><b>Recommended: {html.escape(recommended_name(rec))}</b> — {html.escape(rec['reason'])}<br>Rule: {html.escape(rec['rule'])}.</p>
 <ul>{notes}</ul>
 {_table(rows, metrics, rec['checkpoint'])}
 <ul>{legend}</ul>
@@ -148,8 +156,6 @@ def summary_text(report: dict[str, Any], folder: Path, reused: int, total: int) 
         cells = [f"{_fmt(row['metrics'].get(m)):>11}" for m in metrics]
         lines.append("  ".join([f"{row['target']:<12}", f"{row['step']:>6}", f"{row['subject']:<10}"] + cells))
     lines += [f"note: {n}" for n in report["notes"]]
-    if report["stopped"]:
-        lines.append(f"stopped: {len({r['target'] for r in rows})} of {total} models evaluated; run eval again to continue")
-    lines += [f"rule: {rec['rule']}", f"recommended: {rec['checkpoint']} — {rec['reason']}"]
+    lines += [f"rule: {rec['rule']}", f"recommended: {recommended_name(rec)} — {rec['reason']}"]
     lines.append(f"{reused} of {total} models reused from eval/cache; report: {folder / 'index.html'}")
     return "\n".join(lines)

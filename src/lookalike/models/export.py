@@ -47,11 +47,11 @@ def resolve_format(requested: str, method: str) -> str:
     return requested
 
 
-def _trained_pipeline(run: Run, checkpoint: str | None) -> tuple[Any, str]:
+def _trained_pipeline(run: Run, checkpoint: str | None, dtype: torch.dtype = torch.float32) -> tuple[Any, str]:
     from lookalike.models.load import detect_family
     from lookalike.models.trained import open_trained
 
-    pipeline, _ = open_trained(run, checkpoint)
+    pipeline, _ = open_trained(run, checkpoint, dtype)
     return pipeline, detect_family(pipeline)
 
 
@@ -66,9 +66,13 @@ def _export_single_file(run: Run, folder: Path, info: dict, dest: Path, dtype: t
 
 
 def _export_diffusers(run: Run, folder: Path, info: dict, dest: Path, dtype: torch.dtype, checkpoint: str | None) -> str:
-    pipeline, _ = _trained_pipeline(run, checkpoint)
+    # A full fine-tune loads straight in ``dtype`` (casting a loaded pipeline makes diffusers warn);
+    # a LoRA is fused in float32 first, so its small updates are not rounded before they are added.
+    pipeline, _ = _trained_pipeline(run, checkpoint, dtype if info["method"] == "full" else torch.float32)
+    if pipeline.dtype != dtype:
+        pipeline.to(dtype=dtype)
     with atomic_dir(dest) as tmp:
-        pipeline.to(dtype=dtype).save_pretrained(tmp, safe_serialization=True)
+        pipeline.save_pretrained(tmp, safe_serialization=True)
     return "pipeline folder"
 
 

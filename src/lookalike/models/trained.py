@@ -35,7 +35,6 @@ def open_trained(
     from diffusers import DiffusionPipeline
 
     from lookalike.models.load import load_pipeline
-    from lookalike.models.lora import WEIGHT_NAME
     from lookalike.train.checkpoint import read_info
 
     folder = trained_folder(run, checkpoint)
@@ -44,8 +43,26 @@ def open_trained(
         return DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype), info
     base = run.config.model.model_copy(update={"source": info["base_model"]})
     pipeline, _ = load_pipeline(base, dtype)
-    pipeline.load_lora_weights(folder, weight_name=WEIGHT_NAME)
-    # Fused weights then no adapter layers: the pipeline behaves like a plain base model.
-    pipeline.fuse_lora()
-    pipeline.unload_lora_weights()
+    fuse_lora_file(pipeline, folder)
     return pipeline, info
+
+
+def fuse_lora_file(pipeline: Any, folder: Path) -> None:
+    """Fuse the LoRA saved in ``folder`` into the parts of ``pipeline`` it has adapters for.
+
+    ``load_lora_weights`` offers the file to every text encoder too and warns "No LoRA keys
+    associated to CLIPTextModel" for each one a UNet-only LoRA has nothing for; loading part by
+    part keeps that warning for files that really lack what they should have.
+    """
+    from lookalike.models.lora import TEXT_ENCODER_NAMES, WEIGHT_NAME
+
+    state, alphas, metadata = pipeline.lora_state_dict(folder, weight_name=WEIGHT_NAME, return_lora_metadata=True)
+    encoders = [n for n in TEXT_ENCODER_NAMES if hasattr(pipeline, n) and any(k.startswith(n + ".") for k in state)]
+    pipeline.load_lora_into_unet(state, alphas, pipeline.unet, metadata=metadata, _pipeline=pipeline)
+    for name in encoders:
+        pipeline.load_lora_into_text_encoder(
+            state, alphas, getattr(pipeline, name), prefix=name, metadata=metadata, _pipeline=pipeline
+        )
+    # Fused weights then no adapter layers: the pipeline behaves like a plain base model.
+    pipeline.fuse_lora(components=["unet", *encoders])
+    pipeline.unload_lora_weights()

@@ -19,7 +19,7 @@ from lookalike.metrics.features import ClipEmbedder, open_clip
 from lookalike.prior import probes
 from lookalike.prior.audit_report import contact_sheet, write_report
 from lookalike.prior.checks import ImageSet, open_set
-from lookalike.run import Run, atomic_dir, read_jsonl
+from lookalike.run import Run, Stopped, atomic_dir, read_jsonl
 
 VERB = "audit"
 MANIFEST = "manifest.jsonl"
@@ -105,12 +105,6 @@ def _subject_json(result: SubjectAudit, applied: bool) -> dict[str, Any]:
     }
 
 
-def _check_stop(run: Run) -> None:
-    if run.stop_requested():
-        run.emit(VERB, "stopped")
-        raise LookalikeError(f"stopped by {run.stop_path}; the previous audit report is unchanged (delete STOP and run again)")
-
-
 def apply_refined_prompts(run: Run, results: list[SubjectAudit]) -> list[str]:
     """Write refined class prompts into the run's config; names of the subjects changed."""
     changed = []
@@ -129,10 +123,12 @@ def audit_run(run: Run) -> str:
     clip = open_clip(clip_source(run), batch_size=run.config.audit.batch_size)
     results = []
     for subject in run.config.subjects:
-        _check_stop(run)
+        if run.stop_requested():  # the report covers every subject: a stop writes none
+            return _stopped(run, len(results))
         results.append(audit_subject(run, subject, clip, sets[subject.name]))
         run.emit(VERB, "subject", name=subject.name, differs=sum(f.differs for f in results[-1].findings))
-    _check_stop(run)
+    if run.stop_requested():
+        return _stopped(run, len(results))
     applying = run.config.audit.apply
     report = {
         "clip_model": clip_source(run),
@@ -148,6 +144,11 @@ def audit_run(run: Run) -> str:
     changed = apply_refined_prompts(run, results) if applying else []
     run.emit(VERB, "done", changed=changed)
     return summary(run, report, changed)
+
+
+def _stopped(run: Run, audited: int) -> Stopped:
+    what = f"after {audited} of {len(run.config.subjects)} subjects (the previous audit report is unchanged)"
+    return run.stopped(VERB, what, audited=audited)
 
 
 def summary(run: Run, report: dict[str, Any], changed: list[str]) -> str:

@@ -278,15 +278,14 @@ def generate_priors(run: Run) -> str:
     models = _PipelineOnce(run)
     lines = []
     for subject in run.config.subjects:
+        if run.stop_requested():  # before each subject too: no model loads for a run told to stop
+            return run.stopped(VERB, f"before the priors of {subject.name}", subject=subject.name)
         if subject.class_images:
             lines.append(user_priors(run, subject))
             continue
         line, finished = generated_priors(run, subject, models)
         lines.append(line)
         if not finished:
-            run.clear_stop()
-            run.emit(VERB, "stopped", subject=subject.name)
-            lines.append(f"stopped by the STOP file; run `lookalike priors {run.root}` again to finish")
-            return "\n".join(lines)
+            return run.stopped(VERB, f"with {line}", subject=subject.name)
     run.emit(VERB, "done")
     return "\n".join(lines)

@@ -169,10 +169,10 @@ def generate_run(run: Run | None, from_image: str | None = None) -> str:
         atomic_write_text(out / "manifest.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         gallery.write_gallery(out, rows, title=f"{subject.subject_phrase}: {model.name}")
     kept = sum(r["kept"] for r in rows)
-    run.emit(VERB, "stopped" if stopped else "done", folder=str(final), kept=kept)
     if stopped:
-        run.clear_stop()
-        return f"stopped after {len(rows)} of {len(candidates)} images; kept {kept} in {final}"
+        what = f"after {len(rows)} of {len(candidates)} images (kept {kept} in {final})"
+        return run.stopped(VERB, what, folder=str(final), kept=kept)
+    run.emit(VERB, "done", folder=str(final), kept=kept)
     per_prompt = min(gen.keep or gen.seeds_per_prompt, gen.seeds_per_prompt)
     return f"{kept} images ({len(specs)} prompts, best {per_prompt} of {gen.seeds_per_prompt}) in {final}\ngallery: {final / 'index.html'}"
 

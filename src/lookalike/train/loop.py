@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from lookalike.data.dataset import draw_batch, load_training_set, step_generator
 from lookalike.errors import LookalikeError
 from lookalike.models import lora
-from lookalike.run import Run, atomic_dir, atomic_write_bytes
+from lookalike.run import Run, atomic_dir, atomic_write_bytes, stop_summary
 from lookalike.train import checkpoint as ckpt
 from lookalike.train import encode
 from lookalike.train.loss import min_snr_weights, offset_noise, paired_prior_loss, prediction_target, snr
@@ -211,12 +211,11 @@ class Trainer:
             bar.close()
         if stopped:
             self.save_checkpoint()
-            if self.is_main:
-                self.run.clear_stop()
-            self._emit("stopped", step=self.step)
+            what = f"at step {self.step} of {self.cfg.max_steps} (checkpoint saved)"
+            summary = self.run.stopped(VERB, what, step=self.step) if self.is_main else stop_summary(what)
             if self.interrupted:
                 raise KeyboardInterrupt
-            return f"stopped at step {self.step}, checkpoint saved; run `lookalike train {self.run.root}` to continue"
+            return summary
         if not (self.run.checkpoints_dir / ckpt.checkpoint_name(self.step)).is_dir():
             self.save_checkpoint()
         self.save_model()
