@@ -170,12 +170,22 @@ def test_sdxl_time_ids_come_from_each_images_manifest_row(tmp_path, tiny_models)
     run = make_train_run(tmp_path / "run", tiny_models["sdxl"])
     folder = run.instance_dir("cat")
     rows = read_jsonl(folder / "manifest.jsonl")
-    rows[1]["original_size"], rows[1]["crop_top_left"] = [300, 200], [50, 0]
+    rows[1]["original_size"], rows[1]["crop_top_left"], rows[1]["crop_size"] = [300, 200], [50, 0], 200
     del rows[2]["original_size"], rows[2]["crop_top_left"]
     write_manifest(folder, rows)
     data = load_training_set(run)
     got = time_ids(data.instances + data.priors["cat"][:1], 64).tolist()
-    assert got == [[80, 96, 4, 8, 64, 64], [300, 200, 50, 0, 64, 64], [64, 64, 0, 0, 64, 64], [64, 64, 0, 0, 64, 64]]
+    # Row 1's 200 px crop at (50, 0) becomes 64 px: its corner is measured after the same scaling (×0.32).
+    assert got == [[80, 96, 4, 8, 64, 64], [300, 200, 16, 0, 64, 64], [64, 64, 0, 0, 64, 64], [64, 64, 0, 0, 64, 64]]
+
+
+def test_priors_of_an_older_class_prompt_are_refused(tmp_path, tiny_models):
+    from lookalike.data.dataset import load_training_set
+
+    run = make_train_run(tmp_path / "run", tiny_models["sd1"])
+    run.config.subjects[0].class_prompt = "a photo of a {class_noun}, clean-shaven, glasses"  # as audit.apply does
+    with pytest.raises(LookalikeError, match="class prompt is now 'a photo of a person, clean-shaven, glasses'"):
+        load_training_set(run)
 
 
 def test_bf16_without_priors_after_a_full_precision_run_in_the_same_process(tmp_path, tiny_models):

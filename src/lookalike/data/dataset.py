@@ -52,16 +52,34 @@ def _instances(run: Run, name: str, prompt: str, resolution: int) -> list[Exampl
             prompt=prompt,
             subject=name,
             original_size=tuple(r.get("original_size") or square),
-            crop_top_left=tuple(r.get("crop_top_left") or (0, 0)),
+            crop_top_left=_scaled_crop(r, resolution),
         )
         for r in rows
     ]
 
 
-def _priors(run: Run, name: str, needed: int) -> list[Example]:
+def _scaled_crop(row: dict, resolution: int) -> tuple[int, int]:
+    """The crop's top-left corner in the pixels of the image scaled so the crop is ``resolution`` wide.
+
+    prepare records it in original pixels; SDXL was trained with the corner measured after the
+    resize (crop a `crop_size` square, then resize it = resize, then crop a `resolution` square).
+    """
+    top, left = row.get("crop_top_left") or (0, 0)
+    scale = resolution / row["crop_size"] if row.get("crop_size") else 1.0
+    return round(top * scale), round(left * scale)
+
+
+def _priors(run: Run, name: str, class_prompt: str, needed: int) -> list[Example]:
     folder = run.priors_dir(name)
     rows = [r for r in read_jsonl(folder / "manifest.jsonl") if (folder / r["file"]).is_file()]
     user_supplied = any(r.get("user_supplied") for r in rows)
+    # Priors of another class prompt (say, before `audit.apply` refined it) would teach the old one.
+    outdated = [r for r in rows if not r.get("user_supplied") and r["prompt"] != class_prompt]
+    if outdated:
+        raise LookalikeError(
+            f"subject {name!r}: {len(outdated)} class-prior images were made from {outdated[0]['prompt']!r}, "
+            f"but the class prompt is now {class_prompt!r}: run `lookalike priors {run.root}` to regenerate them"
+        )
     if not rows or (len(rows) < needed and not user_supplied):
         raise LookalikeError(
             f"subject {name!r}: {len(rows)} of {needed} class-prior images in {folder}: "
@@ -83,7 +101,7 @@ def load_training_set(run: Run) -> TrainingSet:
     for subject in config.subjects:
         data.instances += _instances(run, subject.name, subject.resolved_instance_prompt(), resolution)
         if config.train.with_prior_preservation:
-            data.priors[subject.name] = _priors(run, subject.name, config.priors.num_images)
+            data.priors[subject.name] = _priors(run, subject.name, subject.resolved_class_prompt(), config.priors.num_images)
     return data
 
 
