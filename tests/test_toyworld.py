@@ -75,12 +75,27 @@ def test_captions_leave_out_what_the_style_cannot_show():
         assert not re.search(r"red|blue|green|yellow|blonde|golden|skin|brown fur", text.replace("red collar", "")), text
 
 
-def test_flipped_changes_exactly_one_key():
+@pytest.mark.parametrize("attributes_only", [False, True])
+def test_flipped_changes_exactly_one_key(attributes_only):
     rng = np.random.default_rng(0)
+    keys = set()
     for seed in range(100):
         scene = sample_scene(seed)
-        other, key = flipped(scene, rng)
+        other, key = flipped(scene, rng, attributes_only=attributes_only)
         assert [k for k in scene if scene[k] != other[k]] == [key]
+        keys.add(key)
+    assert ({"context", "style"} <= keys) is not attributes_only
+
+
+def test_clip_hard_negatives_share_the_positive_phrasing_but_one_change():
+    from lookalike.toyworld.trainers import clip_texts
+
+    scenes = [sample_scene(seed) for seed in range(20)]
+    positives, negatives = clip_texts(scenes, np.random.default_rng(0), negatives=3)
+    assert len(positives) == 20 and len(negatives) == 60
+    for i, positive in enumerate(positives):
+        for negative in negatives[3 * i : 3 * i + 3]:
+            assert negative != positive
 
 
 def test_a_man_is_bearded_half_the_time_and_seldom_wears_glasses():

@@ -27,7 +27,7 @@ def test_build_runs_every_stage_exports_and_resumes(tmp_path):
     from lookalike.toyworld.build import main
 
     out = tmp_path / "build"
-    args = ["--out", str(out), "--pool", "100", "--clip-steps", "1", "--vae-steps", "1", "--unet-steps", "1", "--threads", "1"]
+    args = ["--out", str(out), "--pool", "100", "--clip-steps", "1", "--vae-steps", "1", "--clip-vision-steps", "1", "--unet-steps", "1", "--threads", "1"]
     main(args)
     export = out / "export"
     assert json.loads((export / "pipeline" / "toyworld.json").read_text()) == {"unet_step": 1}
@@ -36,6 +36,7 @@ def test_build_runs_every_stage_exports_and_resumes(tmp_path):
     main(args[:-4] + ["--unet-steps", "2", "--threads", "1"])
     log = (out / "build.log").read_text()
     assert "clip: resumed at step 1" in log and "unet: resumed at step 1" in log and "unet: checkpoint at step 2" in log
+    assert "clip-vision: resumed at step 1" in log and "exported the final pipeline (UNet step 2)" in log
     pipeline = StableDiffusionPipeline.from_pretrained(export / "pipeline")
     image = pipeline("a photo of a dog", num_inference_steps=2, output_type="np").images[0]
     assert image.shape == (64, 64, 3)
@@ -67,3 +68,13 @@ def test_shipped_model_follows_its_captions():
     accuracy, _, images = generation_accuracy(pipeline, judge, 16, steps=10, guidance=4.0)
     assert np.std([img.mean() for img in images]) > 5  # not one blank picture
     assert accuracy["class"] >= 0.6 and accuracy["context"] >= 0.5
+
+
+@shipped
+def test_shipped_clip_names_class_context_and_style_of_held_out_renders():
+    """The CLIP that judges everything toy (audit probes, eval metrics) must itself see the world."""
+    from lookalike.toyworld.evaluate import load, zero_shot
+
+    _, judge = load(toyworld.pipeline_dir().parent)
+    accuracy = zero_shot(judge, 60)
+    assert min(accuracy["class"], accuracy["context"], accuracy["style"]) >= 0.8, accuracy

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lookalike.toyworld import models
-from lookalike.toyworld.world import caption, flipped
+from lookalike.toyworld.world import caption, flipped, sample_scene
 
 CAPTION_DROPOUT = 0.1  # empty captions teach the unconditional branch of classifier-free guidance
 
@@ -83,21 +83,54 @@ def warmup_cosine(step: int, steps: int, warmup: int = 50) -> float:
     return min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * np.cos(np.pi * min(step / steps, 1.0)))
 
 
-def clip_texts(scenes: list[dict], rng: np.random.Generator) -> tuple[list[str], list[str]]:
-    """A caption per scene and a hard negative: the same phrasing with one attribute changed."""
-    positives, negatives = [], []
+NEGATIVES = 4  # hard-negative captions per image; each changes one thing the image shows
+
+
+def other_class(scene: dict, rng: np.random.Generator) -> dict:
+    """A scene of another class in the same context, style and layout: the hard negative for 'class'."""
+    while True:
+        other = sample_scene(int(rng.integers(1 << 30)))
+        if other["class"] != scene["class"]:
+            return {**other, **{k: scene[k] for k in ("context", "style", "scale", "dx", "dy")}}
+
+
+def clip_texts(
+    scenes: list[dict], rng: np.random.Generator, negatives: int = NEGATIVES, attributes_only: bool = False
+) -> tuple[list[str], list[str]]:
+    """A caption per scene and ``negatives`` hard negatives per scene (scene-major): the same phrasing
+    with one attribute, the context, the style or the class changed (``attributes_only``: always an
+    attribute). Zero-shot probes contrast exactly such captions, and in-batch negatives alone seldom
+    differ in a beard or a pair of glasses."""
+    positives, hard = [], []
     for scene in scenes:
-        other, key = flipped(scene, rng)
+        if attributes_only:
+            flips = [flipped(scene, rng, attributes_only=True) for _ in range(negatives)]
+        else:
+            flips = [(other_class(scene, rng), "class") if rng.random() < 0.15 else flipped(scene, rng) for _ in range(negatives)]
+        keys = tuple({key for _, key in flips} - {"class"})
         seed = int(rng.integers(1 << 31))
-        positives.append(caption(scene, np.random.default_rng(seed), must_mention=(key,)))
-        negatives.append(caption(other, np.random.default_rng(seed), must_mention=(key,)))
-    return positives, negatives
+        positives.append(caption(scene, np.random.default_rng(seed), must_mention=keys))
+        hard += [caption(other, np.random.default_rng(seed), must_mention=keys) for other, _ in flips]
+    return positives, hard
+
+
+def contrastive_update(opt: torch.optim.Optimizer, per_image: torch.Tensor) -> float:
+    """One optimizer step on CLIP's symmetric loss. ``per_image`` is (batch, batch * (1 + negatives)):
+    each image against its own caption (column i), the other captions and every hard negative;
+    each caption (the first ``batch`` columns) against the batch's images."""
+    batch = per_image.shape[0]
+    target = torch.arange(batch)
+    loss = (F.cross_entropy(per_image, target) + F.cross_entropy(per_image[:, :batch].T, target)) / 2
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
 
 
 def train_clip(folder, images, scenes, tokenizer, steps, every_s, log, batch=64):
     torch.manual_seed(1)
     clip = models.clip_model(tokenizer)
-    opt = torch.optim.AdamW(clip.parameters(), lr=5e-4, weight_decay=0.1)
+    opt = torch.optim.AdamW(clip.parameters(), lr=7e-4, weight_decay=0.1)
     stage = Stage(folder, "clip", {"model": clip, "opt": opt}, steps, every_s, log)
 
     def step(i: int) -> float:
@@ -106,18 +139,54 @@ def train_clip(folder, images, scenes, tokenizer, steps, every_s, log, batch=64)
         pos, neg = clip_texts([scenes[j] for j in idx], rng)
         tokens = tokenizer(pos + neg, padding="longest", return_tensors="pt")
         for group in opt.param_groups:
-            group["lr"] = 5e-4 * warmup_cosine(i, steps)
+            group["lr"] = 7e-4 * warmup_cosine(i, steps)
         out = clip(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=to_clip_pixels(images[idx]))
-        per_image = out.logits_per_image  # (batch, 2*batch): own caption vs others and hard negatives
-        target = torch.arange(batch)
-        loss = (F.cross_entropy(per_image, target) + F.cross_entropy(per_image[:, :batch].T, target)) / 2
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
+        return contrastive_update(opt, out.logits_per_image)
 
     if not stage.done:
         clip.train()
+        stage.run(step)
+    return clip.eval()
+
+
+def _features(output) -> torch.Tensor:
+    return F.normalize(getattr(output, "pooler_output", output), dim=-1)
+
+
+def tune_clip_vision(folder, clip, images, scenes, tokenizer, steps, every_s, log, batch=64):
+    """CLIP's second stage: the text tower stays locked, the image tower (and its projection) goes on learning.
+
+    The UNet is conditioned on the text tower, so it must not move once the UNet trains; the image
+    tower only serves the probes and metrics, and fine-grained attributes (a beard, glasses) need
+    more steps than the text side does. Runs beside the UNet stage; starts from the first stage's CLIP.
+    Half of each batch is people, and every hard negative changes an attribute: the first stage
+    leaves class, context and style well learnt and the people's details (a beard) barely.
+    """
+    torch.manual_seed(4)
+    clip = copy.deepcopy(clip)
+    clip.text_model.requires_grad_(False).eval()
+    clip.text_projection.requires_grad_(False)
+    trainable = [p for p in clip.parameters() if p.requires_grad]  # vision tower, its projection, logit scale
+    opt = torch.optim.AdamW(trainable, lr=1e-3, weight_decay=0.1)
+    stage = Stage(folder, "clip-vision", {"model": clip, "opt": opt}, steps, every_s, log)
+    people = np.array([i for i, scene in enumerate(scenes) if scene["class"] == "person"])
+
+    def step(i: int) -> float:
+        rng = np.random.default_rng([4, i])
+        idx = np.unique(np.concatenate([rng.choice(len(images), batch // 2, replace=False), rng.choice(people, batch // 2, replace=False)]))
+        rng.shuffle(idx)
+        idx = np.concatenate([idx, rng.choice(np.setdiff1d(np.arange(len(images)), idx), batch - len(idx), replace=False)])
+        pos, neg = clip_texts([scenes[j] for j in idx], rng, attributes_only=True)
+        tokens = tokenizer(pos + neg, padding="longest", return_tensors="pt")
+        for group in opt.param_groups:
+            group["lr"] = 1e-3 * warmup_cosine(i, steps)
+        with torch.no_grad():
+            text = _features(clip.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask))
+        image = _features(clip.get_image_features(pixel_values=to_clip_pixels(images[idx])))
+        return contrastive_update(opt, clip.logit_scale.exp() * image @ text.T)
+
+    if not stage.done:
+        clip.vision_model.train()
         stage.run(step)
     return clip.eval()
 
