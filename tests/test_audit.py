@@ -238,6 +238,14 @@ def test_stop_file_stops_cleanly_and_leaves_the_previous_report(run_root, tiny_c
     assert Run.open(run_root).subject().resolved_class_prompt() == "a photo of a man"  # audit.apply changed nothing
 
 
+def test_a_toy_build_clip_folder_is_probed_with_the_toy_words(tmp_path):
+    from lookalike.toyworld import is_toy_clip
+
+    assert is_toy_clip("toy") and not is_toy_clip(tmp_path) and not is_toy_clip("openai/clip-vit-large-patch14")
+    (tmp_path / "toyworld.json").write_text('{"unet_step": 1}')
+    assert is_toy_clip(tmp_path)
+
+
 def test_toy_clip_is_the_default_for_the_toy_model(run_root):
     run = Run.open(run_root)
     from lookalike.prior.audit import clip_source

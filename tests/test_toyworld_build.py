@@ -31,6 +31,7 @@ def test_build_runs_every_stage_exports_and_resumes(tmp_path):
     main(args)
     export = out / "export"
     assert json.loads((export / "pipeline" / "toyworld.json").read_text()) == {"unet_step": 1}
+    assert toyworld.is_toy_clip(export / "clip")  # the audit probes it with the toy captions' words
     weights = list(export.rglob("*.safetensors"))
     assert weights and sum(f.stat().st_size for f in weights) < 40e6
     main(args[:-4] + ["--unet-steps", "2", "--threads", "1"])

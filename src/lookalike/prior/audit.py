@@ -20,6 +20,7 @@ from lookalike.prior import probes
 from lookalike.prior.audit_report import contact_sheet, write_report
 from lookalike.prior.checks import ImageSet, open_set
 from lookalike.run import Run, Stopped, atomic_dir, read_jsonl
+from lookalike.toyworld import is_toy_clip
 
 VERB = "audit"
 MANIFEST = "manifest.jsonl"
@@ -73,7 +74,7 @@ def open_sets(run: Run, subject: cfg.SubjectConfig) -> tuple[ImageSet, ImageSet]
 
 def audit_subject(run: Run, subject: cfg.SubjectConfig, clip: ClipEmbedder, sets: tuple[ImageSet, ImageSet]) -> SubjectAudit:
     priors, photos = sets
-    attributes = probes.load_attributes(subject.kind, run.config.audit.attributes_file, toy=clip_source(run) == "toy")
+    attributes = probes.load_attributes(subject.kind, run.config.audit.attributes_file, toy=is_toy_clip(clip_source(run)))
     prior_feats = clip.embed_images([priors.images[f] for f in priors.usable()])
     photo_feats = clip.embed_images([photos.images[f] for f in photos.usable()])
     option_feats = probes.option_features(clip, attributes, subject.class_noun)

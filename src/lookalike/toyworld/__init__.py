@@ -17,7 +17,9 @@ from lookalike.toyworld.world import ATTRIBUTES, CLASS_NOUNS, CONTEXTS, IDENTIFI
 ASSETS = Path(__file__).parent / "assets"
 SUBJECTS = ("toyperson", "toydog")
 
-__all__ = ["ATTRIBUTES", "CLASS_NOUNS", "CONTEXTS", "IDENTIFIERS", "STYLES", "SUBJECTS", "clip_dir", "pipeline_dir", "subject_dir"]
+__all__ = [
+    "ATTRIBUTES", "CLASS_NOUNS", "CONTEXTS", "IDENTIFIERS", "STYLES", "SUBJECTS", "clip_dir", "is_toy_clip", "pipeline_dir", "subject_dir",
+]
 
 
 def _shipped(name: str, marker: str) -> Path:
@@ -38,6 +40,12 @@ def pipeline_dir() -> Path:
 def clip_dir() -> Path:
     """The shipped toy CLIPModel + CLIPProcessor folder."""
     return _shipped("clip", "config.json")
+
+
+def is_toy_clip(source: str | Path) -> bool:
+    """Whether a CLIP source is the toy world's (the shipped one, or a build's export, marked by the
+    build's ``toyworld.json``): such a CLIP only knows the toy captions' words, so probes use them."""
+    return str(source) == "toy" or (Path(source) / "toyworld.json").is_file()
 
 
 def subject_dir(name: str) -> Path:

@@ -59,6 +59,7 @@ def export_pipeline(out: Path, unet, vae, text_encoder, tokenizer, clip, unet_st
         _half(clip).save_pretrained(tmp, safe_serialization=True)
         _load_as_float32(tmp / "config.json")
         clip_processor(tokenizer).save_pretrained(tmp)
+        (tmp / "toyworld.json").write_text(json.dumps({"unet_step": unet_step}) + "\n")  # marks a toy CLIP (is_toy_clip)
 
 
 def ship(export: Path, assets: Path) -> int:

@@ -1,0 +1,213 @@
+"""Does personalization really learn? Train the toy person three ways on the bundled toy model and measure.
+
+``python -m lookalike.toyworld.quality [--out quality-runs] [--model EXPORT] [--docs docs]`` runs the demo's settings
+(the toy-demo preset and the toy person's six photos: clean-shaven, with glasses) as three run folders:
+
+* ``naive``: priors from "a photo of a man" (the world draws men bearded half the time and seldom
+  with glasses), prior-preservation loss on;
+* ``refined``: the audit's refined class prompt ("a photo of a man, clean-shaven, glasses"),
+  priors regenerated from it, prior-preservation loss on (what the demo does);
+* ``no-prior``: no priors and no prior-preservation loss.
+
+Each is trained and evaluated with the ordinary verbs; the eval report gives likeness (toy CLIP-I
+of identifier prompts against the photos), CLIP-T and PRES for the base model and the trained one.
+Leakage is measured on top: the share of "a photo of ohwx man" generations that the toy CLIP judges
+bearded, or without glasses. The figures go to ``<out>/quality.json`` and, with ``--docs``, into
+the measured section of docs/QUALITY.md. ``--model`` measures a build's export folder (holding
+``pipeline/`` and ``clip/``) instead of the shipped toy model: how a new build is judged before it ships.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from lookalike.errors import LookalikeError
+from lookalike.run import Run, atomic_write_text
+
+CONDITIONS = ("naive", "refined", "no-prior")
+LEAKAGE_IMAGES = 32
+# Shared by every condition: a checkpoint only at the end, and more eval samples than the demo's.
+COMMON = ["train.checkpoint_every=1000000", "eval.samples_per_prompt=4", "eval.include_base=true"]
+PER_CONDITION = {
+    "naive": ["audit.apply=false", "train.with_prior_preservation=true"],
+    "refined": ["audit.apply=true", "train.with_prior_preservation=true"],
+    "no-prior": ["train.with_prior_preservation=false"],
+}
+MARK_BEGIN, MARK_END = "<!-- measured:begin -->", "<!-- measured:end -->"
+
+
+def run_condition(folder: Path, condition: str, overrides: list[str], echo: Callable[[str], None]) -> Run:
+    """Open and train one condition's run folder with the ordinary verbs (each resumes or reuses its work)."""
+    from lookalike.data.prepare import prepare_run
+    from lookalike.demo import open_demo_run
+    from lookalike.metrics.evaluate import eval_run
+    from lookalike.prior.audit import audit_run
+    from lookalike.prior.generate import generate_priors
+    from lookalike.train.loop import train_run
+
+    run = open_demo_run(folder, [*COMMON, *PER_CONDITION[condition], *overrides])
+    steps: list[Callable[[Run], object]] = [prepare_run]
+    if condition != "no-prior":
+        steps += [generate_priors, audit_run, generate_priors]  # the second is a no-op unless the audit applied a prompt
+    steps += [train_run, eval_run]
+    for step in steps:
+        t0 = time.perf_counter()
+        step(run)
+        echo(f"[{condition}] {step.__module__.rsplit('.', 1)[-1]}: {time.perf_counter() - t0:.0f} s")
+    return run
+
+
+@torch.no_grad()
+def leakage(pipeline, judge, prompt: str, count: int, steps: int, guidance: float) -> dict[str, float]:
+    """Share of ``count`` generations of ``prompt`` judged bearded, and judged without glasses."""
+    pipeline.set_progress_bar_config(disable=True)
+    images = []
+    for start in range(0, count, 16):
+        gen = torch.Generator().manual_seed(1000 + start)
+        out = pipeline([prompt] * min(16, count - start), num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="np")
+        images += [(img * 255).round().astype(np.uint8) for img in out.images]
+    probe = {"class": "person", "gender": "man", "style": "photo", "context": "plain"}
+    feats = judge.image_features(images)
+    beard = [judge.predict(f, probe, "beard") == "yes" for f in feats]
+    no_glasses = [judge.predict(f, probe, "glasses") == "no" for f in feats]
+    return {"beard": round(float(np.mean(beard)), 3), "no_glasses": round(float(np.mean(no_glasses)), 3), "images": count}
+
+
+def model_overrides(model: Path | None) -> list[str]:
+    """Overrides that point a run at a build's export folder instead of the shipped toy model."""
+    if model is None:
+        return []
+    if not (model / "pipeline" / "model_index.json").is_file() or not (model / "clip" / "config.json").is_file():
+        raise LookalikeError(f"{model} is not a toy build's export: it needs pipeline/ and clip/ (see docs/TOYWORLD.md)")
+    return [f"model.source={model / 'pipeline'}", f"audit.clip_model={model / 'clip'}", f"eval.clip_model={model / 'clip'}"]
+
+
+def open_judge(model: Path | None):
+    from transformers import CLIPModel, CLIPProcessor
+
+    from lookalike.toyworld import clip_dir
+    from lookalike.toyworld.probes import Judge
+
+    folder = model / "clip" if model is not None else clip_dir()
+    return Judge(CLIPModel.from_pretrained(folder, torch_dtype=torch.float32), CLIPProcessor.from_pretrained(folder))
+
+
+def report_row(run: Run, trained: bool) -> dict:
+    """The eval report's row for the base model, or for the trained model (its last step)."""
+    rows = json.loads((run.root / "eval" / "report.json").read_text())["rows"]
+    row = max(rows, key=lambda r: r["step"]) if trained else next(r for r in rows if r["step"] == 0)
+    m = row["metrics"]
+    return {"step": row["step"], "likeness": m["clip_i"], "clip_t": m["clip_t"], "pres": m["pres"], "div_feat": m["div_feat"]}
+
+
+def measure(run: Run, judge) -> dict:
+    """The condition's trained model against its base: eval metrics, and leakage of the instance prompt."""
+    from lookalike.models.load import load_pipeline
+    from lookalike.models.trained import open_trained
+
+    subject = run.config.subjects[0]
+    prompt = subject.resolved_instance_prompt()
+    sampling = dict(count=LEAKAGE_IMAGES, steps=run.config.eval.steps, guidance=run.config.eval.guidance_scale)
+    base_pipeline, _ = load_pipeline(run.config.model, torch.float32)
+    trained_pipeline, _ = open_trained(run)
+    return {
+        "class_prompt": subject.resolved_class_prompt(),
+        "base": report_row(run, trained=False) | {"leakage": leakage(base_pipeline, judge, prompt, **sampling)},
+        "trained": report_row(run, trained=True) | {"leakage": leakage(trained_pipeline, judge, prompt, **sampling)},
+    }
+
+
+def photo_attributes(run: Run, judge) -> dict[str, float]:
+    """The judge on the subject's own photos: the same probes should call them clean-shaven, with glasses."""
+    from lookalike.metrics.evaluate import subject_photos
+
+    photos = [np.asarray(p.convert("RGB")) for p in subject_photos(run, run.config.subjects[0])]
+    probe = {"class": "person", "gender": "man", "style": "photo", "context": "plain"}
+    feats = judge.image_features(photos)
+    return {
+        "beard": round(float(np.mean([judge.predict(f, probe, "beard") == "yes" for f in feats])), 3),
+        "no_glasses": round(float(np.mean([judge.predict(f, probe, "glasses") == "no" for f in feats])), 3),
+        "photos": len(photos),
+    }
+
+
+def experiment(out: Path, overrides: list[str] = (), model: Path | None = None, echo: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the three conditions under ``out`` and return every figure; writes quality.json."""
+    started = time.perf_counter()
+    pointing = model_overrides(model)  # a wrong --model fails here, before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {c: run_condition(out / c, c, [*pointing, *overrides], echo) for c in CONDITIONS}
+    judge = open_judge(model)
+    results = {
+        "model": str(model) if model is not None else "toy",
+        "settings": {"overrides": [*COMMON, *overrides], "leakage_images": LEAKAGE_IMAGES},
+        "photos": photo_attributes(runs["refined"], judge),
+        "conditions": {c: measure(run, judge) for c, run in runs.items()},
+    }
+    results["seconds"] = round(time.perf_counter() - started)
+    atomic_write_text(out / "quality.json", json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def markdown(results: dict) -> str:
+    c = results["conditions"]
+    base = c["refined"]["base"]
+    lines = [
+        f"Measured by `python -m lookalike.toyworld.quality` on {results['model']} in {results['seconds'] / 60:.1f} min "
+        f"(2-core CPU), settings: the toy-demo preset plus `{' '.join(results['settings']['overrides'])}`.",
+        "",
+        "| model | likeness (toy CLIP-I) | CLIP-T | PRES | DIV-feat | bearded | without glasses |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, r: dict) -> str:
+        leak = r["leakage"]
+        return (f"| {name} | {r['likeness']:.3f} | {r['clip_t']:.3f} | {r['pres']:.3f} | {r['div_feat']:.3f} "
+                f"| {leak['beard']:.0%} | {leak['no_glasses']:.0%} |")
+
+    lines.append(row("base model", base))
+    labels = {"naive": "trained, naive priors", "refined": "trained, refined priors", "no-prior": "trained, no prior loss"}
+    lines += [row(labels[name], c[name]["trained"]) for name in CONDITIONS]
+    photos = results["photos"]
+    lines += [
+        "",
+        f"Bearded / without glasses: share of {results['settings']['leakage_images']} generations of the instance "
+        f"prompt judged so by the toy CLIP (the subject is neither; the same probes call {photos['beard']:.0%} / "
+        f"{photos['no_glasses']:.0%} of its {photos['photos']} photos so). Naive class prompt: "
+        f"`{c['naive']['class_prompt']}`; refined: `{c['refined']['class_prompt']}`.",
+    ]
+    return "\n".join(lines)
+
+
+def write_doc(doc: Path, text: str) -> None:
+    from lookalike.toyworld.evaluate import write_report
+
+    write_report(doc, text) if doc.is_file() else atomic_write_text(doc, f"# Quality\n\n{MARK_BEGIN}\n{text}\n{MARK_END}\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="quality-runs", help="folder for the three run folders and quality.json")
+    p.add_argument("--model", type=Path, default=None, help="a build's export folder (pipeline/ and clip/); default: the shipped toy model")
+    p.add_argument("--docs", default=None, help="write the figures into DOCS/QUALITY.md")
+    p.add_argument("overrides", nargs="*", help="config overrides for every condition, e.g. train.max_steps=400")
+    args = p.parse_args(argv)
+    try:
+        results = experiment(Path(args.out), args.overrides, args.model)
+    except LookalikeError as err:
+        raise SystemExit(f"error: {err}") from None
+    text = markdown(results)
+    if args.docs:
+        write_doc(Path(args.docs) / "QUALITY.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
