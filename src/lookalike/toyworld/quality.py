@@ -189,7 +189,10 @@ def markdown(results: dict) -> str:
 def write_doc(doc: Path, text: str) -> None:
     from lookalike.toyworld.evaluate import write_report
 
-    write_report(doc, text) if doc.is_file() else atomic_write_text(doc, f"# Quality\n\n{MARK_BEGIN}\n{text}\n{MARK_END}\n")
+    if doc.is_file():
+        write_report(doc, text)  # replaces the measured section, keeps the rest
+    else:
+        atomic_write_text(doc, f"# Quality\n\n{MARK_BEGIN}\n{text}\n{MARK_END}\n")
 
 
 def main(argv: list[str] | None = None) -> None:
