@@ -64,6 +64,14 @@ def run_condition(folder: Path, condition: str, overrides: list[str], echo: Call
     return run
 
 
+def bearded_and_without_glasses(judge, images: list[np.ndarray]) -> dict[str, float]:
+    """Share of ``images`` the toy CLIP's probes call bearded, and without glasses (as a photo of a man)."""
+    probe = {"class": "person", "gender": "man", "style": "photo", "context": "plain"}
+    feats = judge.image_features(images)
+    share = lambda key, value: round(float(np.mean([judge.predict(f, probe, key) == value for f in feats])), 3)  # noqa: E731
+    return {"beard": share("beard", "yes"), "no_glasses": share("glasses", "no")}
+
+
 @torch.no_grad()
 def leakage(pipeline, judge, prompt: str, count: int, steps: int, guidance: float) -> dict[str, float]:
     """Share of ``count`` generations of ``prompt`` judged bearded, and judged without glasses."""
@@ -73,11 +81,7 @@ def leakage(pipeline, judge, prompt: str, count: int, steps: int, guidance: floa
         gen = torch.Generator().manual_seed(1000 + start)
         out = pipeline([prompt] * min(16, count - start), num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="np")
         images += [(img * 255).round().astype(np.uint8) for img in out.images]
-    probe = {"class": "person", "gender": "man", "style": "photo", "context": "plain"}
-    feats = judge.image_features(images)
-    beard = [judge.predict(f, probe, "beard") == "yes" for f in feats]
-    no_glasses = [judge.predict(f, probe, "glasses") == "no" for f in feats]
-    return {"beard": round(float(np.mean(beard)), 3), "no_glasses": round(float(np.mean(no_glasses)), 3), "images": count}
+    return bearded_and_without_glasses(judge, images) | {"images": count}
 
 
 def model_overrides(model: Path | None) -> list[str]:
@@ -107,20 +111,22 @@ def report_row(run: Run, trained: bool) -> dict:
     return {"step": row["step"], "likeness": m["clip_i"], "clip_t": m["clip_t"], "pres": m["pres"], "div_feat": m["div_feat"]}
 
 
-def measure(run: Run, judge) -> dict:
-    """The condition's trained model against its base: eval metrics, and leakage of the instance prompt."""
-    from lookalike.models.load import load_pipeline
+def instance_leakage(run: Run, pipeline, judge) -> dict[str, float]:
+    """Leakage of the run's instance prompt in ``pipeline``'s generations, sampled as eval samples."""
+    prompt = run.config.subjects[0].resolved_instance_prompt()
+    return leakage(pipeline, judge, prompt, LEAKAGE_IMAGES, run.config.eval.steps, run.config.eval.guidance_scale)
+
+
+def measure(run: Run, judge, base_leakage: dict[str, float]) -> dict:
+    """The condition's trained model against its base: eval metrics, and leakage of the instance prompt.
+    The base model is the same in every condition, so its leakage is measured once, by the caller."""
     from lookalike.models.trained import open_trained
 
-    subject = run.config.subjects[0]
-    prompt = subject.resolved_instance_prompt()
-    sampling = dict(count=LEAKAGE_IMAGES, steps=run.config.eval.steps, guidance=run.config.eval.guidance_scale)
-    base_pipeline, _ = load_pipeline(run.config.model, torch.float32)
     trained_pipeline, _ = open_trained(run)
     return {
-        "class_prompt": subject.resolved_class_prompt(),
-        "base": report_row(run, trained=False) | {"leakage": leakage(base_pipeline, judge, prompt, **sampling)},
-        "trained": report_row(run, trained=True) | {"leakage": leakage(trained_pipeline, judge, prompt, **sampling)},
+        "class_prompt": run.config.subjects[0].resolved_class_prompt(),
+        "base": report_row(run, trained=False) | {"leakage": base_leakage},
+        "trained": report_row(run, trained=True) | {"leakage": instance_leakage(run, trained_pipeline, judge)},
     }
 
 
@@ -129,13 +135,7 @@ def photo_attributes(run: Run, judge) -> dict[str, float]:
     from lookalike.metrics.evaluate import subject_photos
 
     photos = [np.asarray(p.convert("RGB")) for p in subject_photos(run, run.config.subjects[0])]
-    probe = {"class": "person", "gender": "man", "style": "photo", "context": "plain"}
-    feats = judge.image_features(photos)
-    return {
-        "beard": round(float(np.mean([judge.predict(f, probe, "beard") == "yes" for f in feats])), 3),
-        "no_glasses": round(float(np.mean([judge.predict(f, probe, "glasses") == "no" for f in feats])), 3),
-        "photos": len(photos),
-    }
+    return bearded_and_without_glasses(judge, photos) | {"photos": len(photos)}
 
 
 def experiment(out: Path, overrides: list[str] = (), model: Path | None = None, echo: Callable[[str], None] = print) -> dict:
@@ -144,12 +144,17 @@ def experiment(out: Path, overrides: list[str] = (), model: Path | None = None, 
     pointing = model_overrides(model)  # a wrong --model fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     runs = {c: run_condition(out / c, c, [*pointing, *overrides], echo) for c in CONDITIONS}
+    from lookalike.models.load import load_pipeline
+
     judge = open_judge(model)
+    base_pipeline, _ = load_pipeline(runs["refined"].config.model, torch.float32)
+    base_leakage = instance_leakage(runs["refined"], base_pipeline, judge)
+    del base_pipeline
     results = {
         "model": str(model) if model is not None else "toy",
         "settings": {"overrides": [*COMMON, *overrides], "leakage_images": LEAKAGE_IMAGES},
         "photos": photo_attributes(runs["refined"], judge),
-        "conditions": {c: measure(run, judge) for c, run in runs.items()},
+        "conditions": {c: measure(run, judge, base_leakage) for c, run in runs.items()},
     }
     results["seconds"] = round(time.perf_counter() - started)
     atomic_write_text(out / "quality.json", json.dumps(results, indent=1) + "\n")
