@@ -235,6 +235,21 @@ def test_person_without_dino_reports_face_identity_and_says_dino_was_skipped(per
     assert report["recommendation"]["checkpoint"] == "step-000002" and "face identity" in report["recommendation"]["rule"]
 
 
+def test_a_person_in_the_toy_world_is_judged_by_clip_i_not_face_identity(tmp_path, tiny_sd1, extractors):
+    import shutil
+
+    from lookalike.metrics.sample_scores import open_extractors
+
+    toy_clip = tmp_path / "toy-clip"  # a build's CLIP export carries this marker
+    shutil.copytree(extractors["clip"], toy_clip)
+    (toy_clip / "toyworld.json").write_text('{"unet_step": 1}')
+    run = open_run(tmp_path / "run", tiny_sd1, extractors, "subject.kind=person", "subject.class_noun=man")
+    assert open_extractors(run.config).faces is not None  # a real CLIP: face identity for people
+    run.config.eval.clip_model = str(toy_clip)
+    ex = open_extractors(run.config)
+    assert ex.faces is None and any("face identity is off for the toy world" in n for n in ex.notes)
+
+
 def test_stop_file_leaves_a_partial_report_and_no_cache(person_run):
     person_run.stop_path.touch()
     summary = evaluate.eval_run(person_run)

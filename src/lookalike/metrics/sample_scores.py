@@ -1,7 +1,7 @@
 """Score one model's eval samples of one subject: the paper's metrics from the chosen extractors.
 
 :func:`open_extractors` loads CLIP (required), DINO (optional: skipped with a note when it cannot
-be loaded) and SFace (for person subjects). :func:`subject_references` embeds a subject's prepared
+be loaded) and SFace (for person subjects, except in the toy world). :func:`subject_references` embeds a subject's prepared
 photos once; :func:`score_subject` turns one model's samples into the metrics of
 :mod:`lookalike.metrics.scores`, overall and per prompt.
 """
@@ -20,6 +20,7 @@ from lookalike.errors import LookalikeError
 from lookalike.metrics import scores
 from lookalike.metrics.features import DEFAULT_DINO, ClipEmbedder, DinoEmbedder, open_clip
 from lookalike.metrics.prompt_set import EvalPrompt
+from lookalike.toyworld import is_toy_clip
 
 HUB_CLIP = "openai/clip-vit-large-patch14"  # the audit's default too: one download serves both
 DINO_OFF = "none"
@@ -84,9 +85,13 @@ def open_extractors(config: cfg.RunConfig) -> Extractors:
     dino = _open_dino(dino_source(config), notes)
     faces = None
     if any(s.kind == "person" for s in config.subjects):
-        from lookalike.metrics.faces import FaceEmbedder
+        if is_toy_clip(source):
+            # YuNet finds "faces" in a few toy images at random; identity on cartoons would be noise.
+            notes.append("face identity is off for the toy world (its cartoon faces are not faces SFace knows); likeness is CLIP-I")
+        else:
+            from lookalike.metrics.faces import FaceEmbedder
 
-        faces = FaceEmbedder()
+            faces = FaceEmbedder()
     return Extractors(clip, source, dino, dino_source(config) if dino else None, faces, notes)
 
 
