@@ -35,6 +35,7 @@ def test_experiment_measures_every_condition_and_writes_the_table(tmp_path, monk
     refined = results["conditions"]["refined"]["class_prompt"]  # probed with the toy words, whatever it found
     assert set(refined.replace(",", " ").replace("-", " - ").split()) <= caption_words()
     assert json.loads((tmp_path / "runs" / "quality.json").read_text()) == results
+    assert not list((tmp_path / "runs").glob("*/stand-in"))  # the chosen model is used, no stand-in written
     assert not (tmp_path / "runs" / "no-prior" / "priors").exists() or not any((tmp_path / "runs" / "no-prior" / "priors").rglob("*.png"))
     table = quality.markdown(results)
     assert table.count("\n| ") == 5 and "trained, no prior loss" in table and str(model) in table

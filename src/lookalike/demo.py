@@ -83,13 +83,13 @@ def open_demo_run(folder: Path | str, overrides: list[str] = ()) -> Run:
     """The demo's run folder: the toy-demo preset, the bundled subject's photos, your overrides.
 
     While the toy weights are not shipped, an untrained stand-in is written into the run folder
-    and used in their place (see :data:`STAND_IN_NOTE`).
+    and used in their place (see :data:`STAND_IN_NOTE`), unless the overrides choose a model.
     """
     from lookalike.toyworld import subject_dir
 
     base = [f"subject.photos={subject_dir(DEMO_SUBJECT)}", f"eval.prompts_file={EVAL_PROMPTS}"]
     Run.open(folder, preset=DEMO_PRESET, overrides=[*base, *overrides], save=False)  # bad input: nothing written
-    if not toy_is_shipped():
+    if not toy_is_shipped() and not any(o.startswith("model.source=") for o in overrides):
         stand_in = write_stand_in(Path(folder) / "stand-in")
         clip = stand_in / "clip"
         base += [f"model.source={stand_in / 'pipeline'}", f"audit.clip_model={clip}", f"eval.clip_model={clip}"]
@@ -99,7 +99,8 @@ def open_demo_run(folder: Path | str, overrides: list[str] = ()) -> Run:
 def demo_run(run: Run, echo: Callable[[str], None] = print) -> str:
     """Replay the story on ``run`` (made by :func:`open_demo_run`); returns where to look."""
     started = time.perf_counter()
-    if run.config.model.source != "toy":
+    stand_in = Path(run.config.model.source) == run.root / "stand-in" / "pipeline"
+    if stand_in:
         echo(STAND_IN_NOTE)
     for verb, title, step in _steps():
         echo(f"\n== {title}: lookalike {verb} {run.root}")
@@ -113,7 +114,7 @@ def demo_run(run: Run, echo: Callable[[str], None] = print) -> str:
     minutes = (time.perf_counter() - started) / 60
     root = run.root
     return "\n".join(
-        ([STAND_IN_NOTE] if run.config.model.source != "toy" else [])
+        ([STAND_IN_NOTE] if stand_in else [])
         + [
             f"\ndemo finished in {minutes:.1f} min. Where to look:",
             f"  audit report    {root / 'audit' / 'report.html'}",
