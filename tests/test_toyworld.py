@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 
 import numpy as np
@@ -13,6 +14,8 @@ from lookalike.errors import LookalikeError
 from lookalike.toyworld.render import render, render_seed
 from lookalike.toyworld.world import (
     ATTRIBUTE_VALUES,
+    CLASS_NOUNS,
+    CLASSES,
     CONTEXTS,
     IDENTIFIERS,
     STYLES,
@@ -75,16 +78,15 @@ def test_captions_leave_out_what_the_style_cannot_show():
         assert not re.search(r"red|blue|green|yellow|blonde|golden|skin|brown fur", text.replace("red collar", "")), text
 
 
-@pytest.mark.parametrize("attributes_only", [False, True])
-def test_flipped_changes_exactly_one_key(attributes_only):
+def test_flipped_changes_exactly_one_key():
     rng = np.random.default_rng(0)
     keys = set()
     for seed in range(100):
         scene = sample_scene(seed)
-        other, key = flipped(scene, rng, attributes_only=attributes_only)
+        other, key = flipped(scene, rng)
         assert [k for k in scene if scene[k] != other[k]] == [key]
         keys.add(key)
-    assert ({"context", "style"} <= keys) is not attributes_only
+    assert {"context", "style"} <= keys
 
 
 def test_clip_hard_negatives_share_the_positive_phrasing_but_one_change():
@@ -96,6 +98,34 @@ def test_clip_hard_negatives_share_the_positive_phrasing_but_one_change():
     for i, positive in enumerate(positives):
         for negative in negatives[3 * i : 3 * i + 3]:
             assert negative != positive
+
+
+def test_judge_captions_name_every_value_of_one_key_and_point_at_the_true_one():
+    from lookalike.toyworld.trainers import WEAK, value_captions
+
+    rng = np.random.default_rng(0)
+    keys = []
+    for seed in range(600):
+        scene = sample_scene(seed)
+        key, texts, true = value_captions(scene, rng)
+        keys.append((scene["class"], key))
+        assert len(texts) == len(set(texts)) >= 2
+        if key == "class":  # one caption per class, each naming its own class
+            words = [set(t.replace(",", " ").split()) for t in texts]
+            assert all(words[i] & set(CLASS_NOUNS[c]) for i, c in enumerate(CLASSES)), texts
+            assert CLASSES[true] == scene["class"]
+        if key in ("hair colour", "shirt", "fur", "colour"):  # unambiguous phrases: each caption names its own value
+            values = list(ATTRIBUTE_VALUES[scene["class"]][key])
+            assert values[true] == scene[key]
+            assert all(ATTRIBUTE_VALUES[scene["class"]][key][v][1] in t for v, t in zip(values, texts)), texts
+        if key not in ("class", "context", "style"):  # same phrasing; only the attribute's words differ
+            first = texts[0].split()
+            for text in texts[1:]:
+                ops = difflib.SequenceMatcher(a=first, b=text.split()).get_opcodes()
+                changed = sum(max(i2 - i1, j2 - j1) for op, i1, i2, j1, j2 in ops if op != "equal")
+                assert 0 < changed <= 3, texts
+    weak = np.mean([k in WEAK for c, k in keys if c == "person"])
+    assert weak > 0.62, weak  # on people the judge mostly practises what the first stage leaves weak (uniform: ~0.55)
 
 
 def test_a_man_is_bearded_half_the_time_and_seldom_wears_glasses():
@@ -154,3 +184,26 @@ def test_probe_captions_differ_only_in_the_probed_key():
             values, texts = probe_texts(scene, key)
             assert len(values) == len(texts) == len(set(texts)) and scene[key] in values
             assert all(set(t.replace(",", " ").replace("-", " - ").split()) <= tokenizer_words for t in texts)
+
+
+def test_unet_learning_rate_ignores_the_total_until_its_last_quarter():
+    from lookalike.toyworld.trainers import unet_lr
+
+    # A build stopped before its last quarter resumes with more steps exactly as an unbroken run.
+    assert [unet_lr(i, 8000) for i in range(0, 6000, 250)] == [unet_lr(i, 20000) for i in range(0, 6000, 250)]
+    assert unet_lr(0, 8000) < 0.01 and unet_lr(5999, 8000) == 1.0
+    assert unet_lr(7999, 8000) == pytest.approx(0.1, abs=1e-3) and unet_lr(7000, 8000) < 1.0
+
+
+def test_the_judges_label_heads_cover_every_key_a_scene_shows():
+    import torch
+
+    from lookalike.toyworld.trainers import label_heads, label_loss
+
+    heads = label_heads(16)
+    scenes = [sample_scene(seed) for seed in range(40)]
+    loss = label_loss(heads, torch.randn(len(scenes), 16), scenes)
+    loss.backward()
+    used = {name for name, head in heads.items() if head.weight.grad is not None and head.weight.grad.abs().sum() > 0}
+    assert {"class", "context", "style", "person:beard", "dog:ears", "cup:stripes"} <= used
+    assert torch.isfinite(loss) and loss > 0

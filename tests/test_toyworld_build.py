@@ -27,7 +27,7 @@ def test_build_runs_every_stage_exports_and_resumes(tmp_path):
     from lookalike.toyworld.build import main
 
     out = tmp_path / "build"
-    args = ["--out", str(out), "--pool", "100", "--clip-steps", "1", "--vae-steps", "1", "--clip-vision-steps", "1", "--unet-steps", "1", "--threads", "1"]
+    args = ["--out", str(out), "--pool", "100", "--clip-steps", "1", "--vae-steps", "1", "--judge-steps", "1", "--unet-steps", "1", "--threads", "1"]
     main(args)
     export = out / "export"
     assert json.loads((export / "pipeline" / "toyworld.json").read_text()) == {"unet_step": 1}
@@ -37,7 +37,7 @@ def test_build_runs_every_stage_exports_and_resumes(tmp_path):
     main(args[:-4] + ["--unet-steps", "2", "--threads", "1"])
     log = (out / "build.log").read_text()
     assert "clip: resumed at step 1" in log and "unet: resumed at step 1" in log and "unet: checkpoint at step 2" in log
-    assert "clip-vision: resumed at step 1" in log and "exported the final pipeline (UNet step 2)" in log
+    assert "judge: resumed at step 1" in log and "exported the final pipeline (UNet step 2)" in log
     pipeline = StableDiffusionPipeline.from_pretrained(export / "pipeline")
     image = pipeline("a photo of a dog", num_inference_steps=2, output_type="np").images[0]
     assert image.shape == (64, 64, 3)

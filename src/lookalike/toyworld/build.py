@@ -1,12 +1,12 @@
-"""Build the toy model from a seed: render the world, train CLIP and the VAE, then the UNet and CLIP's image tower; export.
+"""Build the toy model from a seed: render the world, train CLIP and the VAE, then the UNet and the judge CLIP; export.
 
 ``python -m lookalike.toyworld.build [--out toyworld-build]`` runs every stage in order and
 resumes wherever it stopped: each stage checkpoints every few minutes, and every step draws its
 batch and noise from (stage, step), so a resumed run sees the same data as an unbroken one.
 Progress goes to ``<out>/build.log``; the UNet stage exports a loadable pipeline at each checkpoint,
-and the end of the build exports the final one with the tuned CLIP. On two cores, run the
+and the end of the build exports the final one with the judge CLIP. On two cores, run the
 independent stages side by side (``--only clip`` with ``--only vae``, then ``--only unet`` with
-``--only clip-vision``, one thread each), then the plain command once more to export.
+``--only judge``, one thread each), then the plain command once more to export.
 """
 
 from __future__ import annotations
@@ -64,13 +64,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", type=int, default=20000, help="number of rendered training scenes")
     p.add_argument("--clip-steps", type=int, default=1600)
     p.add_argument("--vae-steps", type=int, default=1500)
-    p.add_argument("--unet-steps", type=int, default=4000)
+    p.add_argument("--unet-steps", type=int, default=10500, help="the last quarter lowers the learning rate")
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--clip-vision-steps", type=int, default=3000, help="steps of CLIP's image tower with the text tower locked")
+    p.add_argument("--judge-steps", type=int, default=3000, help="steps of the judge: a copy of CLIP tuned on captions that differ in one attribute")
     p.add_argument(
-        "--only", choices=("clip", "vae", "unet", "clip-vision"),
-        help="train just this stage (and what it needs) and stop: run clip beside vae, then unet beside clip-vision",
+        "--only", choices=("clip", "vae", "unet", "judge"),
+        help="train just this stage (and what it needs) and stop: run clip beside vae, then unet beside judge",
     )
     p.add_argument("--ship", action="store_true", help="copy the latest export into the package and stop")
     args = p.parse_args(argv)
@@ -87,20 +87,20 @@ def main(argv: list[str] | None = None) -> None:
     images, scenes = render_pool(out, args.pool, log)
     every = args.checkpoint_minutes * 60
     clip = vae = None
-    if args.only in (None, "clip", "unet", "clip-vision"):
+    if args.only in (None, "clip", "unet", "judge"):
         clip = trainers.train_clip(out / "clip", images, scenes, tokenizer, args.clip_steps, every, log)
     if args.only in (None, "vae", "unet"):
         vae = trainers.train_vae(out / "vae", images, args.vae_steps, every, log)
     if args.only in (None, "unet"):
         latents = trainers.encode_pool(out / "vae", vae, images, log)
         unet = trainers.train_unet(out / "unet", latents, scenes, tokenizer, clip, vae, args.unet_steps, every, log)
-    if args.only in (None, "clip-vision"):
-        tuned = trainers.tune_clip_vision(out / "clip-vision", clip, images, scenes, tokenizer, args.clip_vision_steps, every, log)
+    if args.only in (None, "judge"):
+        judge = trainers.tune_judge(out / "judge", clip, images, scenes, tokenizer, args.judge_steps, every, log)
     if args.only:
         log(f"{args.only} stage finished")
         return
-    export_pipeline(out / "export", unet, vae, models.text_encoder_from(tuned), tokenizer, tuned, args.unet_steps)
-    log(f"exported the final pipeline (UNet step {args.unet_steps}) and the tuned CLIP")
+    export_pipeline(out / "export", unet, vae, models.text_encoder_from(clip), tokenizer, judge, args.unet_steps)
+    log(f"exported the final pipeline (UNet step {args.unet_steps}) and the judge CLIP")
     log("build finished")
 
 

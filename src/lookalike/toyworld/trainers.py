@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lookalike.toyworld import models
-from lookalike.toyworld.world import caption, flipped, sample_scene
+from lookalike.toyworld.world import CLASSES, caption, flipped, sample_scene, visible_attributes
 
 CAPTION_DROPOUT = 0.1  # empty captions teach the unconditional branch of classifier-free guidance
 
@@ -86,27 +86,21 @@ def warmup_cosine(step: int, steps: int, warmup: int = 50) -> float:
 NEGATIVES = 4  # hard-negative captions per image; each changes one thing the image shows
 
 
-def other_class(scene: dict, rng: np.random.Generator) -> dict:
-    """A scene of another class in the same context, style and layout: the hard negative for 'class'."""
+def other_class(scene: dict, rng: np.random.Generator, cls: str | None = None) -> dict:
+    """A scene of another class (``cls``, or any) in the same context, style and layout: the hard negative for 'class'."""
     while True:
         other = sample_scene(int(rng.integers(1 << 30)))
-        if other["class"] != scene["class"]:
+        if other["class"] != scene["class"] and other["class"] == (cls or other["class"]):
             return {**other, **{k: scene[k] for k in ("context", "style", "scale", "dx", "dy")}}
 
 
-def clip_texts(
-    scenes: list[dict], rng: np.random.Generator, negatives: int = NEGATIVES, attributes_only: bool = False
-) -> tuple[list[str], list[str]]:
+def clip_texts(scenes: list[dict], rng: np.random.Generator, negatives: int = NEGATIVES) -> tuple[list[str], list[str]]:
     """A caption per scene and ``negatives`` hard negatives per scene (scene-major): the same phrasing
-    with one attribute, the context, the style or the class changed (``attributes_only``: always an
-    attribute). Zero-shot probes contrast exactly such captions, and in-batch negatives alone seldom
-    differ in a beard or a pair of glasses."""
+    with one attribute, the context, the style or the class changed. Zero-shot probes contrast
+    exactly such captions, and in-batch negatives alone seldom differ in a beard or a pair of glasses."""
     positives, hard = [], []
     for scene in scenes:
-        if attributes_only:
-            flips = [flipped(scene, rng, attributes_only=True) for _ in range(negatives)]
-        else:
-            flips = [(other_class(scene, rng), "class") if rng.random() < 0.15 else flipped(scene, rng) for _ in range(negatives)]
+        flips = [(other_class(scene, rng), "class") if rng.random() < 0.15 else flipped(scene, rng) for _ in range(negatives)]
         keys = tuple({key for _, key in flips} - {"class"})
         seed = int(rng.integers(1 << 31))
         positives.append(caption(scene, np.random.default_rng(seed), must_mention=keys))
@@ -153,40 +147,105 @@ def _features(output) -> torch.Tensor:
     return F.normalize(getattr(output, "pooler_output", output), dim=-1)
 
 
-def tune_clip_vision(folder, clip, images, scenes, tokenizer, steps, every_s, log, batch=64):
-    """CLIP's second stage: the text tower stays locked, the image tower (and its projection) goes on learning.
+# Attributes the first stage leaves weak (a beard is a few pixels of the hair colour below a
+# mouth): the judge stage probes them three times as often as the rest.
+WEAK = {"beard", "glasses", "hair colour", "hair style", "skin", "ears", "collar"}
 
-    The UNet is conditioned on the text tower, so it must not move once the UNet trains; the image
-    tower only serves the probes and metrics, and fine-grained attributes (a beard, glasses) need
-    more steps than the text side does. Runs beside the UNet stage; starts from the first stage's CLIP.
-    Half of each batch is people, and every hard negative changes an attribute: the first stage
-    leaves class, context and style well learnt and the people's details (a beard) barely.
+
+def value_captions(scene: dict, rng: np.random.Generator) -> tuple[str, list[str], int]:
+    """One of the scene's keys (a visible attribute, mostly a weak one; or the class, context or
+    style), one caption per value of it, phrased alike, and the index of the true value.
+    The captions a zero-shot probe compares, written in the world's own caption styles."""
+    from lookalike.toyworld.world import ATTRIBUTE_VALUES, CONTEXTS, STYLES
+
+    keys = visible_attributes(scene) + ["class", "context", "style"]
+    weights = np.array([3.0 if k in WEAK else 1.0 for k in keys])
+    key = keys[int(rng.choice(len(keys), p=weights / weights.sum()))]
+    if key == "class":  # the same context and style with each class's own subject
+        scenes = [scene if c == scene["class"] else other_class(scene, rng, c) for c in CLASSES]
+        seed = int(rng.integers(1 << 31))
+        return key, [caption(s, np.random.default_rng(seed)) for s in scenes], CLASSES.index(scene["class"])
+    values = {"context": list(CONTEXTS), "style": list(STYLES)}.get(key) or list(ATTRIBUTE_VALUES[scene["class"]][key])
+    seed = int(rng.integers(1 << 31))
+    texts = [caption({**scene, key: v}, np.random.default_rng(seed), must_mention=(key,)) for v in values]
+    return key, texts, values.index(scene[key])
+
+
+def label_heads(hidden: int) -> torch.nn.ModuleDict:
+    """A linear head per key the world labels (class, context, style, each class's attributes),
+    over the image tower's pooled output: the judge's training aid, not part of the export."""
+    from lookalike.toyworld.world import ATTRIBUTE_VALUES, CONTEXTS, STYLES
+
+    sizes = {"class": len(CLASSES), "context": len(CONTEXTS), "style": len(STYLES)}
+    sizes |= {f"{cls}/{attr}": len(values) for cls, table in ATTRIBUTE_VALUES.items() for attr, values in table.items()}
+    return torch.nn.ModuleDict({key.replace("/", ":").replace(" ", "_"): torch.nn.Linear(hidden, n) for key, n in sizes.items()})
+
+
+def label_loss(heads: torch.nn.ModuleDict, pooled: torch.Tensor, scenes: list[dict]) -> torch.Tensor:
+    """Cross-entropy of every head on the images whose scenes show its key."""
+    from lookalike.toyworld.world import ATTRIBUTE_VALUES, CONTEXTS, STYLES
+
+    rows: dict[str, tuple[list[int], list[int]]] = {}
+    for k, scene in enumerate(scenes):
+        labels = {"class": CLASSES.index(scene["class"]), "context": list(CONTEXTS).index(scene["context"]), "style": list(STYLES).index(scene["style"])}
+        table = ATTRIBUTE_VALUES[scene["class"]]
+        labels |= {f"{scene['class']}/{a}": list(table[a]).index(scene[a]) for a in visible_attributes(scene)}
+        for key, label in labels.items():
+            rows.setdefault(key, ([], []))[0].append(k)
+            rows[key][1].append(label)
+    # Summed, not averaged: each head learns at the pace it would alone.
+    losses = [F.cross_entropy(heads[key.replace("/", ":").replace(" ", "_")](pooled[idx]), torch.tensor(labels)) for key, (idx, labels) in rows.items()]
+    return torch.stack(losses).sum()
+
+
+def tune_judge(folder, clip, images, scenes, tokenizer, steps, every_s, log, batch=48):
+    """CLIP's second stage, the judge: both towers go on learning, on captions that differ in one key.
+
+    The UNet is conditioned on the first stage's text tower, which the pipeline keeps; this copy
+    only judges (zero-shot probes, the audit, CLIP-I/CLIP-T), as the DreamBooth paper's metrics use
+    another CLIP than Stable Diffusion's text encoder. Each image is scored against one caption per
+    value of one of its keys (every hair colour, beard and no beard), mostly the people's details
+    that the first stage barely learns, plus CLIP's usual loss over the batch's true captions.
+    Contrastive learning alone never finds the beard: while neither tower separates it, neither
+    gets a gradient to start (a saddle). So linear heads on the image tower also learn the scenes'
+    labels; they are dropped at export, and the probes stay zero-shot. Half of each batch is people.
+    Runs beside the UNet stage.
     """
     torch.manual_seed(4)
     clip = copy.deepcopy(clip)
-    clip.text_model.requires_grad_(False).eval()
-    clip.text_projection.requires_grad_(False)
-    trainable = [p for p in clip.parameters() if p.requires_grad]  # vision tower, its projection, logit scale
-    opt = torch.optim.AdamW(trainable, lr=1e-3, weight_decay=0.1)
-    stage = Stage(folder, "clip-vision", {"model": clip, "opt": opt}, steps, every_s, log)
+    heads = label_heads(clip.config.vision_config.hidden_size)
+    opt = torch.optim.AdamW(list(clip.parameters()) + list(heads.parameters()), lr=5e-4, weight_decay=0.1)
+    stage = Stage(folder, "judge", {"model": clip, "heads": heads, "opt": opt}, steps, every_s, log)
     people = np.array([i for i, scene in enumerate(scenes) if scene["class"] == "person"])
 
     def step(i: int) -> float:
         rng = np.random.default_rng([4, i])
-        idx = np.unique(np.concatenate([rng.choice(len(images), batch // 2, replace=False), rng.choice(people, batch // 2, replace=False)]))
-        rng.shuffle(idx)
-        idx = np.concatenate([idx, rng.choice(np.setdiff1d(np.arange(len(images)), idx), batch - len(idx), replace=False)])
-        pos, neg = clip_texts([scenes[j] for j in idx], rng, attributes_only=True)
-        tokens = tokenizer(pos + neg, padding="longest", return_tensors="pt")
+        idx = np.concatenate([rng.choice(len(images), batch // 2, replace=False), rng.choice(people, batch // 2, replace=False)])
+        groups = [value_captions(scenes[j], rng) for j in idx]
+        texts = [t for _, group, _ in groups for t in group]
+        tokens = tokenizer(texts, padding="longest", return_tensors="pt")
         for group in opt.param_groups:
-            group["lr"] = 1e-3 * warmup_cosine(i, steps)
-        with torch.no_grad():
-            text = _features(clip.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask))
-        image = _features(clip.get_image_features(pixel_values=to_clip_pixels(images[idx])))
-        return contrastive_update(opt, clip.logit_scale.exp() * image @ text.T)
+            group["lr"] = 5e-4 * warmup_cosine(i, steps)
+        text = _features(clip.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask))
+        pooled = clip.vision_model(pixel_values=to_clip_pixels(images[idx])).pooler_output
+        image = F.normalize(clip.visual_projection(pooled), dim=-1)
+        logits = clip.logit_scale.exp() * image @ text.T  # (batch, all captions)
+        starts = np.cumsum([0] + [len(g) for _, g, _ in groups])
+        truth = torch.tensor([starts[k] + true for k, (_, _, true) in enumerate(groups)])
+        # Each image against its own key's captions: the probe it will face.
+        probe = torch.stack([F.cross_entropy(logits[k, starts[k] : starts[k + 1]], truth[k] - starts[k]) for k in range(len(idx))]).mean()
+        # CLIP's symmetric loss over the true captions, which keeps the rest of what it knows.
+        own = logits[:, truth]
+        target = torch.arange(len(idx))
+        loss = probe + (F.cross_entropy(own, target) + F.cross_entropy(own.T, target)) / 2
+        loss = loss + label_loss(heads, pooled, [scenes[j] for j in idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
 
     if not stage.done:
-        clip.vision_model.train()
+        clip.train()
         stage.run(step)
     return clip.eval()
 
@@ -241,6 +300,17 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int) -> None:
             e.lerp_(p, 1 - decay)
 
 
+def unet_lr(step: int, steps: int, warmup: int = 200) -> float:
+    """Learning-rate multiplier of the UNet: warm-up, constant, then a cosine to a tenth over the last quarter.
+
+    Until the last quarter begins, the rate does not depend on ``steps``: a build stopped there
+    resumes with a larger ``--unet-steps`` exactly as an unbroken run would have gone."""
+    decay_from = steps - steps // 4
+    if step < decay_from:
+        return min(1.0, (step + 1) / warmup)
+    return 0.55 + 0.45 * np.cos(np.pi * (step - decay_from) / max(1, steps // 4))
+
+
 def train_unet(folder, latents, scenes, tokenizer, clip, vae, steps, every_s, log, batch=32):
     from lookalike.toyworld.export import export_pipeline
 
@@ -268,7 +338,7 @@ def train_unet(folder, latents, scenes, tokenizer, clip, vae, steps, every_s, lo
         weight = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5: no timestep dominates the loss
         loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
         for group in opt.param_groups:
-            group["lr"] = 8e-4 * min(1.0, (i + 1) / 200)
+            group["lr"] = 8e-4 * unet_lr(i, steps)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

@@ -185,9 +185,9 @@ def caption(scene: dict, rng: np.random.Generator, must_mention: tuple[str, ...]
     return _pick(rng, STYLES[scene["style"]]).format(subject)
 
 
-def flipped(scene: dict, rng: np.random.Generator, attributes_only: bool = False) -> tuple[dict, str]:
+def flipped(scene: dict, rng: np.random.Generator) -> tuple[dict, str]:
     """A copy of the scene with one visible attribute, the context or the style changed; and its name."""
-    key = _pick(rng, visible_attributes(scene) + ([] if attributes_only else ["context", "style"]))
+    key = _pick(rng, visible_attributes(scene) + ["context", "style"])
     if key == "context":
         options = CONTEXTS
     elif key == "style":
