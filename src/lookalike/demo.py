@@ -99,7 +99,7 @@ def open_demo_run(folder: Path | str, overrides: list[str] = ()) -> Run:
 def demo_run(run: Run, echo: Callable[[str], None] = print) -> str:
     """Replay the story on ``run`` (made by :func:`open_demo_run`); returns where to look."""
     started = time.perf_counter()
-    stand_in = Path(run.config.model.source) == run.root / "stand-in" / "pipeline"
+    stand_in = Path(run.config.model.source).resolve() == (run.root / "stand-in" / "pipeline").resolve()
     if stand_in:
         echo(STAND_IN_NOTE)
     for verb, title, step in _steps():
