@@ -79,6 +79,12 @@ def write_stand_in(folder: Path) -> Path:
     return folder
 
 
+def export_overrides(export: Path) -> list[str]:
+    """Overrides that point a run at a toy export folder (``pipeline/`` and ``clip/``) instead of the shipped model."""
+    clip = export / "clip"
+    return [f"model.source={export / 'pipeline'}", f"audit.clip_model={clip}", f"eval.clip_model={clip}"]
+
+
 def open_demo_run(folder: Path | str, overrides: list[str] = ()) -> Run:
     """The demo's run folder: the toy-demo preset, the bundled subject's photos, your overrides.
 
@@ -90,9 +96,7 @@ def open_demo_run(folder: Path | str, overrides: list[str] = ()) -> Run:
     base = [f"subject.photos={subject_dir(DEMO_SUBJECT)}", f"eval.prompts_file={EVAL_PROMPTS}"]
     Run.open(folder, preset=DEMO_PRESET, overrides=[*base, *overrides], save=False)  # bad input: nothing written
     if not toy_is_shipped() and not any(o.startswith("model.source=") for o in overrides):
-        stand_in = write_stand_in(Path(folder) / "stand-in")
-        clip = stand_in / "clip"
-        base += [f"model.source={stand_in / 'pipeline'}", f"audit.clip_model={clip}", f"eval.clip_model={clip}"]
+        base += export_overrides(write_stand_in(Path(folder) / "stand-in"))
     return Run.open(folder, preset=DEMO_PRESET, overrides=[*base, *overrides])
 
 

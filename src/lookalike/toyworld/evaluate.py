@@ -30,15 +30,13 @@ MARK_BEGIN, MARK_END = "<!-- measured:begin -->", "<!-- measured:end -->"
 
 def load(model: Path):
     from diffusers import StableDiffusionPipeline
-    from transformers import CLIPModel, CLIPProcessor
 
     from lookalike.sample.schedulers import make_scheduler
 
     pipeline = StableDiffusionPipeline.from_pretrained(model / "pipeline", torch_dtype=torch.float32)
     pipeline.scheduler = make_scheduler("dpm++", pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
-    judge = Judge(CLIPModel.from_pretrained(model / "clip", torch_dtype=torch.float32), CLIPProcessor.from_pretrained(model / "clip"))
-    return pipeline, judge
+    return pipeline, Judge.from_folder(model / "clip")
 
 
 def _accuracies(hits: dict[str, list[bool]]) -> dict[str, float]:
@@ -144,9 +142,10 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(doc: Path, text: str) -> None:
-    """Replace the measured section of the doc (between the markers), leaving the rest as written."""
-    current = doc.read_text(encoding="utf-8") if doc.is_file() else f"# The toy world\n\n{MARK_BEGIN}\n{MARK_END}\n"
+def write_report(doc: Path, text: str, title: str = "The toy world") -> None:
+    """Replace the measured section of the doc (between the markers), leaving the rest as written;
+    a missing doc is started with ``title``."""
+    current = doc.read_text(encoding="utf-8") if doc.is_file() else f"# {title}\n\n{MARK_BEGIN}\n{MARK_END}\n"
     head, rest = current.split(MARK_BEGIN, 1)
     tail = rest.split(MARK_END, 1)[1]
     atomic_write_text(doc, f"{head}{MARK_BEGIN}\n{text}\n{MARK_END}{tail}")

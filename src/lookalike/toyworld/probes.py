@@ -48,6 +48,13 @@ class Judge:
         self.clip, self.processor = clip.float().eval(), processor
         self._texts: dict[tuple[str, ...], torch.Tensor] = {}  # probes repeat: encode each caption set once
 
+    @classmethod
+    def from_folder(cls, folder) -> Judge:
+        """The CLIPModel + CLIPProcessor saved in ``folder`` (a toy build's ``clip/``), in float32."""
+        from transformers import CLIPModel, CLIPProcessor
+
+        return cls(CLIPModel.from_pretrained(folder, torch_dtype=torch.float32), CLIPProcessor.from_pretrained(folder))
+
     @torch.no_grad()
     def image_features(self, images: list[np.ndarray]) -> torch.Tensor:
         pixels = self.processor(images=images, return_tensors="pt").pixel_values

@@ -40,7 +40,6 @@ PER_CONDITION = {
     "refined": ["audit.apply=true", "train.with_prior_preservation=true"],
     "no-prior": ["train.with_prior_preservation=false"],
 }
-MARK_BEGIN, MARK_END = "<!-- measured:begin -->", "<!-- measured:end -->"
 
 
 def run_condition(folder: Path, condition: str, overrides: list[str], echo: Callable[[str], None]) -> Run:
@@ -90,17 +89,16 @@ def model_overrides(model: Path | None) -> list[str]:
         return []
     if not (model / "pipeline" / "model_index.json").is_file() or not (model / "clip" / "config.json").is_file():
         raise LookalikeError(f"{model} is not a toy build's export: it needs pipeline/ and clip/ (see docs/TOYWORLD.md)")
-    return [f"model.source={model / 'pipeline'}", f"audit.clip_model={model / 'clip'}", f"eval.clip_model={model / 'clip'}"]
+    from lookalike.demo import export_overrides
+
+    return export_overrides(model)
 
 
 def open_judge(model: Path | None):
-    from transformers import CLIPModel, CLIPProcessor
-
     from lookalike.toyworld import clip_dir
     from lookalike.toyworld.probes import Judge
 
-    folder = model / "clip" if model is not None else clip_dir()
-    return Judge(CLIPModel.from_pretrained(folder, torch_dtype=torch.float32), CLIPProcessor.from_pretrained(folder))
+    return Judge.from_folder(model / "clip" if model is not None else clip_dir())
 
 
 def report_row(run: Run, trained: bool) -> dict:
@@ -191,15 +189,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(doc: Path, text: str) -> None:
-    from lookalike.toyworld.evaluate import write_report
-
-    if doc.is_file():
-        write_report(doc, text)  # replaces the measured section, keeps the rest
-    else:
-        atomic_write_text(doc, f"# Quality\n\n{MARK_BEGIN}\n{text}\n{MARK_END}\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="quality-runs", help="folder for the three run folders and quality.json")
@@ -213,7 +202,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {err}") from None
     text = markdown(results)
     if args.docs:
-        write_doc(Path(args.docs) / "QUALITY.md", text)
+        from lookalike.toyworld.evaluate import write_report
+
+        write_report(Path(args.docs) / "QUALITY.md", text, title="Quality")
     print(text)
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lookalike.toyworld import models
-from lookalike.toyworld.world import CLASSES, caption, flipped, sample_scene, visible_attributes
+from lookalike.toyworld.world import ATTRIBUTE_VALUES, CLASSES, CONTEXTS, STYLES, caption, flipped, sample_scene, visible_attributes
 
 CAPTION_DROPOUT = 0.1  # empty captions teach the unconditional branch of classifier-free guidance
 
@@ -108,13 +108,18 @@ def clip_texts(scenes: list[dict], rng: np.random.Generator, negatives: int = NE
     return positives, hard
 
 
-def contrastive_update(opt: torch.optim.Optimizer, per_image: torch.Tensor) -> float:
-    """One optimizer step on CLIP's symmetric loss. ``per_image`` is (batch, batch * (1 + negatives)):
-    each image against its own caption (column i), the other captions and every hard negative;
-    each caption (the first ``batch`` columns) against the batch's images."""
+def clip_loss(per_image: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss. ``per_image`` is (batch, batch + extra): each image against its own
+    caption (column i), the other captions and any extra (hard negative) captions; each caption
+    (the first ``batch`` columns) against the batch's images."""
     batch = per_image.shape[0]
     target = torch.arange(batch)
-    loss = (F.cross_entropy(per_image, target) + F.cross_entropy(per_image[:, :batch].T, target)) / 2
+    return (F.cross_entropy(per_image, target) + F.cross_entropy(per_image[:, :batch].T, target)) / 2
+
+
+def contrastive_update(opt: torch.optim.Optimizer, per_image: torch.Tensor) -> float:
+    """One optimizer step on :func:`clip_loss`."""
+    loss = clip_loss(per_image)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -156,8 +161,6 @@ def value_captions(scene: dict, rng: np.random.Generator) -> tuple[str, list[str
     """One of the scene's keys (a visible attribute, mostly a weak one; or the class, context or
     style), one caption per value of it, phrased alike, and the index of the true value.
     The captions a zero-shot probe compares, written in the world's own caption styles."""
-    from lookalike.toyworld.world import ATTRIBUTE_VALUES, CONTEXTS, STYLES
-
     keys = visible_attributes(scene) + ["class", "context", "style"]
     weights = np.array([3.0 if k in WEAK else 1.0 for k in keys])
     key = keys[int(rng.choice(len(keys), p=weights / weights.sum()))]
@@ -171,20 +174,21 @@ def value_captions(scene: dict, rng: np.random.Generator) -> tuple[str, list[str
     return key, texts, values.index(scene[key])
 
 
+def _head(key: str) -> str:
+    """A label key ("person/hair colour") as a module name ("person:hair_colour")."""
+    return key.replace("/", ":").replace(" ", "_")
+
+
 def label_heads(hidden: int) -> torch.nn.ModuleDict:
     """A linear head per key the world labels (class, context, style, each class's attributes),
     over the image tower's pooled output: the judge's training aid, not part of the export."""
-    from lookalike.toyworld.world import ATTRIBUTE_VALUES, CONTEXTS, STYLES
-
     sizes = {"class": len(CLASSES), "context": len(CONTEXTS), "style": len(STYLES)}
     sizes |= {f"{cls}/{attr}": len(values) for cls, table in ATTRIBUTE_VALUES.items() for attr, values in table.items()}
-    return torch.nn.ModuleDict({key.replace("/", ":").replace(" ", "_"): torch.nn.Linear(hidden, n) for key, n in sizes.items()})
+    return torch.nn.ModuleDict({_head(key): torch.nn.Linear(hidden, n) for key, n in sizes.items()})
 
 
 def label_loss(heads: torch.nn.ModuleDict, pooled: torch.Tensor, scenes: list[dict]) -> torch.Tensor:
     """Cross-entropy of every head on the images whose scenes show its key."""
-    from lookalike.toyworld.world import ATTRIBUTE_VALUES, CONTEXTS, STYLES
-
     rows: dict[str, tuple[list[int], list[int]]] = {}
     for k, scene in enumerate(scenes):
         labels = {"class": CLASSES.index(scene["class"]), "context": list(CONTEXTS).index(scene["context"]), "style": list(STYLES).index(scene["style"])}
@@ -194,7 +198,7 @@ def label_loss(heads: torch.nn.ModuleDict, pooled: torch.Tensor, scenes: list[di
             rows.setdefault(key, ([], []))[0].append(k)
             rows[key][1].append(label)
     # Summed, not averaged: each head learns at the pace it would alone.
-    losses = [F.cross_entropy(heads[key.replace("/", ":").replace(" ", "_")](pooled[idx]), torch.tensor(labels)) for key, (idx, labels) in rows.items()]
+    losses = [F.cross_entropy(heads[_head(key)](pooled[idx]), torch.tensor(labels)) for key, (idx, labels) in rows.items()]
     return torch.stack(losses).sum()
 
 
@@ -235,10 +239,7 @@ def tune_judge(folder, clip, images, scenes, tokenizer, steps, every_s, log, bat
         # Each image against its own key's captions: the probe it will face.
         probe = torch.stack([F.cross_entropy(logits[k, starts[k] : starts[k + 1]], truth[k] - starts[k]) for k in range(len(idx))]).mean()
         # CLIP's symmetric loss over the true captions, which keeps the rest of what it knows.
-        own = logits[:, truth]
-        target = torch.arange(len(idx))
-        loss = probe + (F.cross_entropy(own, target) + F.cross_entropy(own.T, target)) / 2
-        loss = loss + label_loss(heads, pooled, [scenes[j] for j in idx])
+        loss = probe + clip_loss(logits[:, truth]) + label_loss(heads, pooled, [scenes[j] for j in idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
