@@ -160,8 +160,10 @@ def test_subject_packs_are_six_64px_photos_the_world_never_renders():
         assert all(a.shape == (64, 64, 3) for a in arrays)
         assert len({a.tobytes() for a in arrays}) == 6
     person = subject_scenes("toyperson")[0]
-    assert person["hair colour"] not in ATTRIBUTE_VALUES["person"]["hair colour"]
     assert person["beard"] == "no" and person["glasses"] == "yes"
+    # The star on the shirt is drawn, and no scene of the world has one.
+    assert (render(person) != render({**person, "marking": False})).any()
+    assert not any(sample_scene(seed).get("marking") for seed in range(300))
 
 
 def test_unknown_subject_and_missing_weights_are_user_errors(tmp_path, monkeypatch):
@@ -207,3 +209,18 @@ def test_the_judges_label_heads_cover_every_key_a_scene_shows():
     used = {name for name, head in heads.items() if head.weight.grad is not None and head.weight.grad.abs().sum() > 0}
     assert {"class", "context", "style", "person:beard", "dog:ears", "cup:stripes"} <= used
     assert torch.isfinite(loss) and loss > 0
+
+
+def test_the_judge_sees_the_skewed_person_attributes_evened_out():
+    from lookalike.toyworld.trainers import SKEWED, balanced_people
+
+    scenes = [sample_scene(seed) for seed in range(4000)]
+    people, chance = balanced_people(scenes)
+    assert all(scenes[i]["class"] == "person" for i in people) and chance.sum() == pytest.approx(1.0)
+    men = np.array([scenes[i]["gender"] == "man" for i in people])
+    assert chance[men].sum() == pytest.approx(0.5)
+    for attr, value, natural in (("glasses", "yes", 0.12), ("beard", "yes", 0.5), ("hat", "yes", 0.25)):
+        shown = np.array([scenes[i][attr] == value for i in people])
+        assert abs(shown[men].mean() - natural) < 0.06  # the world keeps its skew...
+        assert chance[men & shown].sum() / chance[men].sum() == pytest.approx(0.5, abs=0.06)  # ...the judge's batches do not
+    assert set(SKEWED) <= set(ATTRIBUTE_VALUES["person"])

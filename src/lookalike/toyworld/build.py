@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--unet-steps", type=int, default=10500, help="the last quarter lowers the learning rate")
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--judge-steps", type=int, default=3000, help="steps of the judge: a copy of CLIP tuned on captions that differ in one attribute")
+    p.add_argument("--judge-steps", type=int, default=4000, help="steps of the judge: a copy of CLIP tuned on captions that differ in one attribute")
     p.add_argument(
         "--only", choices=("clip", "vae", "unet", "judge"),
         help="train just this stage (and what it needs) and stop: run clip beside vae, then unet beside judge",

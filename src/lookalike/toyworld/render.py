@@ -21,8 +21,7 @@ SHIRT = {"red": (210, 30, 30), "blue": (30, 70, 210), "green": (30, 160, 50), "y
 FUR = {"brown": (130, 80, 40), "black": (30, 30, 30), "white": (240, 240, 235), "golden": (225, 170, 70)}
 CUP_COLOUR = SHIRT
 HAT = (110, 40, 130)
-# Looks the world never samples, worn only by the shipped subject packs (see subjects.py).
-SUBJECT_HAIR = {"blue": (40, 90, 230)}
+# Marks the world never draws, worn only by the shipped subject packs (see subjects.py).
 MARKING = (190, 40, 220)
 OUTLINE = (20, 20, 20)
 
@@ -70,20 +69,25 @@ def _background(ctx: str, rng: np.random.Generator) -> Image.Image:
     return img
 
 
+def _star(x: float, y: float, r: float) -> list[tuple[float, float]]:
+    """A five-pointed star centred on (x, y), points at radius r."""
+    angles = np.linspace(-np.pi / 2, 1.5 * np.pi, 10, endpoint=False)
+    return [(x + r * np.cos(a) * (1 if n % 2 else 0.45), y + r * np.sin(a) * (1 if n % 2 else 0.45)) for n, a in enumerate(angles)]
+
+
 def _person(d: ImageDraw.ImageDraw, sc: dict, cx: float, cy: float, k: float) -> None:
-    skin, hair = SKIN[sc["skin"]], {**HAIR, **SUBJECT_HAIR}[sc["hair colour"]]
+    skin, hair = SKIN[sc["skin"]], HAIR[sc["hair colour"]]
     hr = 20 * k  # head radius
     hy = cy - 10 * k  # head centre
     # Shirt: shoulders to the bottom edge.
     d.rounded_rectangle((cx - 34 * k, hy + hr + 2 * k, cx + 34 * k, S + 20), 14 * k, fill=SHIRT[sc["shirt"]], outline=OUTLINE, width=2)
     d.rectangle((cx - 7 * k, hy + hr - 6 * k, cx + 7 * k, hy + hr + 6 * k), fill=skin)  # neck
+    if sc.get("marking"):  # a star on the chest
+        d.polygon(_star(cx + 16 * k, hy + hr + 16 * k, 10 * k), fill=MARKING, outline=OUTLINE)
     if sc["hair style"] == "long":
         d.rounded_rectangle((cx - hr - 6 * k, hy - hr * 0.6, cx + hr + 6 * k, hy + hr * 1.5), 8 * k, fill=hair, outline=OUTLINE, width=2)
     d.ellipse((cx - hr, hy - hr, cx + hr, hy + hr), fill=skin, outline=OUTLINE, width=2)
     d.chord((cx - hr - 2 * k, hy - hr - 5 * k, cx + hr + 2 * k, hy + hr * 0.5), 180, 360, fill=hair, outline=OUTLINE, width=2)
-    if sc.get("hair stripes"):
-        for sx in (-10, 0, 10):
-            d.line((cx + sx * k, hy - hr - 4 * k, cx + sx * k * 1.3, hy - hr * 0.2), fill=(255, 60, 170), width=max(3, int(4 * k)))
     if sc.get("beard") == "yes":
         beard = tuple(int(v * 0.8) for v in hair)
         d.chord((cx - hr, hy - hr * 0.7, cx + hr, hy + hr + 5 * k), 10, 170, fill=beard, outline=OUTLINE, width=2)
@@ -110,9 +114,7 @@ def _dog(d: ImageDraw.ImageDraw, sc: dict, cx: float, cy: float, k: float) -> No
     d.line((cx - 30 * k, by - 6 * k, cx - 44 * k, by - 22 * k), fill=fur, width=int(6 * k))  # tail
     d.ellipse((cx - 34 * k, by - 16 * k, cx + 34 * k, by + 14 * k), fill=fur, outline=OUTLINE, width=2)  # body
     if sc.get("marking"):
-        star = [(cx + 9 * k * np.cos(a) * (1 if n % 2 else 0.45), by - 1 * k + 9 * k * np.sin(a) * (1 if n % 2 else 0.45))
-                for n, a in enumerate(np.linspace(-np.pi / 2, 1.5 * np.pi, 10, endpoint=False))]
-        d.polygon(star, fill=MARKING)
+        d.polygon(_star(cx, by - 1 * k, 9 * k), fill=MARKING)
     hx, hy, hr = cx + 28 * k, by - 24 * k, 15 * k
     if sc["ears"] == "pointy":
         for ex in (hx - 10 * k, hx + 6 * k):

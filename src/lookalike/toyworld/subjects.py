@@ -1,8 +1,10 @@
 """The shipped subject packs: six 64×64 "photos" each of subjects the world never generates.
 
-``toyperson`` is a clean-shaven man with glasses and blue hair with pink stripes (no caption of the
-world produces blue hair, and its men are bearded half the time and seldom wear glasses: the
-classic prior-preservation trap). ``toydog`` is a white dog with pointy ears and a purple star on
+``toyperson`` is a clean-shaven man with glasses, short black hair and a purple star on his green
+shirt (no caption of the world draws a star on a person, and its men are bearded half the time and
+seldom wear glasses: the classic prior-preservation trap). The mark sits on the shirt, away from the
+head, so a judge reading beard, glasses and hat is not misled by it (blue striped hair was read as
+a hat). ``toydog`` is a white dog with pointy ears and a purple star on
 its side and a purple patch over one eye. Photos vary position, scale, light and background.
 """
 
@@ -17,7 +19,7 @@ from lookalike.toyworld.render import render
 
 LOOKS = {
     "toyperson": {
-        "class": "person", "gender": "man", "skin": "light", "hair colour": "blue", "hair stripes": True,
+        "class": "person", "gender": "man", "skin": "light", "hair colour": "black", "marking": True,
         "hair style": "short", "beard": "no", "glasses": "yes", "hat": "no", "shirt": "green",
     },
     "toydog": {"class": "dog", "fur": "white", "ears": "pointy", "collar": "no", "marking": True},
