@@ -52,3 +52,19 @@ def photos(tmp_path) -> Path:
     folder = tmp_path / "photos"
     make_photos(folder)
     return folder
+
+
+def untrained_toy_export(folder: Path) -> Path:
+    """A toy build's export (``pipeline/`` and ``clip/``) with untrained weights: the toy model's
+    architecture and tokenizer, for tests that need a build's folder but not its learning."""
+    import torch
+
+    from lookalike.toyworld import models
+    from lookalike.toyworld.export import export_pipeline
+    from lookalike.toyworld.tokenizer import build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    clip = models.clip_model(tokenizer)
+    export_pipeline(folder, models.unet_model(), models.vae_model(), models.text_encoder_from(clip), tokenizer, clip, unet_step=0)
+    return folder

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from lookalike.cli import main
-from lookalike.demo import toy_is_shipped
 
 SMALL = [
     "priors.num_images=4", "priors.batch_size=4", "priors.steps=2",
@@ -27,7 +26,7 @@ def test_demo_runs_every_step_and_says_where_to_look(tmp_path, capsys):
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     assert report["rows"] and all(row["subject"] == "toyperson" for row in report["rows"])
     assert list((run_dir / "export").glob("*.safetensors"))
-    assert ("UNTRAINED stand-in" in out) is not toy_is_shipped()
+    assert "identifiers checked on toy" in out  # the shipped toy model (model.source=toy)
     assert "Where to look" in out
 
 

@@ -72,9 +72,9 @@ def test_clip_folder_without_preprocessor_config_still_loads(tmp_path, photos):
     assert features.ClipEmbedder(str(folder)).embed_images(photos[:1]).shape == (1, 16)
 
 
-def test_toy_clip_is_loaded_as_a_clip_folder_or_explained(tiny_clip, monkeypatch):
-    monkeypatch.delattr(toyworld, "clip_dir", raising=False)
-    with pytest.raises(LookalikeError, match="toy world's CLIP"):
+def test_toy_clip_is_loaded_as_a_clip_folder_or_explained(tiny_clip, monkeypatch, tmp_path):
+    monkeypatch.setattr(toyworld, "ASSETS", tmp_path)  # an install without the weights
+    with pytest.raises(LookalikeError, match="toy model's weights are missing from this install"):
         features.open_clip("toy")
     monkeypatch.setattr(toyworld, "clip_dir", lambda: tiny_clip, raising=False)
     assert features.open_clip("toy").source == str(tiny_clip)

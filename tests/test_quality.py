@@ -1,8 +1,8 @@
 """The learning experiment's plumbing (python -m lookalike.toyworld.quality), on an untrained build export.
 
-Whether training really teaches the toy model its subject needs the trained toy weights; these
-tests check that the experiment runs every condition through the ordinary verbs and reports every
-figure, and that a wrong --model is refused before anything is written.
+Whether training really teaches the toy model its subject is tests/test_learning.py's question
+(slow); these tests check that the experiment runs every condition through the ordinary verbs
+and reports every figure, and that a wrong --model is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import untrained_toy_export
 
-from lookalike.demo import write_stand_in
 from lookalike.toyworld import quality
 from lookalike.toyworld.world import caption_words
 
@@ -23,7 +23,7 @@ SMALL = [
 
 def test_experiment_measures_every_condition_and_writes_the_table(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "LEAKAGE_IMAGES", 2)
-    model = write_stand_in(tmp_path / "build-export")
+    model = untrained_toy_export(tmp_path / "build-export")
     results = quality.experiment(tmp_path / "runs", SMALL, model=model, echo=lambda _: None)
     assert set(results["conditions"]) == set(quality.CONDITIONS)
     for condition in results["conditions"].values():
@@ -35,7 +35,6 @@ def test_experiment_measures_every_condition_and_writes_the_table(tmp_path, monk
     refined = results["conditions"]["refined"]["class_prompt"]  # probed with the toy words, whatever it found
     assert set(refined.replace(",", " ").replace("-", " - ").split()) <= caption_words()
     assert json.loads((tmp_path / "runs" / "quality.json").read_text()) == results
-    assert not list((tmp_path / "runs").glob("*/stand-in"))  # the chosen model is used, no stand-in written
     assert not (tmp_path / "runs" / "no-prior" / "priors").exists() or not any((tmp_path / "runs" / "no-prior" / "priors").rglob("*.png"))
     table = quality.markdown(results)
     assert table.count("\n| ") == 5 and "trained, no prior loss" in table and str(model) in table

@@ -136,12 +136,9 @@ def test_bad_paths(tmp_path):
         load_pipeline(ModelConfig(source=str(broken)))
 
 
-def test_toy_source(monkeypatch, tiny_models):
-    def not_shipped():
-        raise LookalikeError("the bundled toy model is not shipped yet")
-
-    monkeypatch.setattr(lookalike.toyworld, "pipeline_dir", not_shipped, raising=False)
-    with pytest.raises(LookalikeError, match="toy model is not shipped yet; pass model.source=<hub id or folder>"):
+def test_toy_source(monkeypatch, tmp_path, tiny_models):
+    monkeypatch.setattr(lookalike.toyworld, "ASSETS", tmp_path)  # an install without the weights
+    with pytest.raises(LookalikeError, match="toy model's weights are missing from this install"):
         load_pipeline(ModelConfig(source="toy"))
     monkeypatch.setattr(lookalike.toyworld, "pipeline_dir", lambda: tiny_models["sd1"])
     assert load_pipeline(ModelConfig(source="toy"))[1] == "sd1"

@@ -170,9 +170,9 @@ def test_unknown_subject_and_missing_weights_are_user_errors(tmp_path, monkeypat
     with pytest.raises(LookalikeError, match="no toy subject"):
         toyworld.subject_dir("unicorn")
     monkeypatch.setattr(toyworld, "ASSETS", tmp_path)
-    with pytest.raises(LookalikeError, match="not shipped yet"):
+    with pytest.raises(LookalikeError, match="weights are missing from this install"):
         toyworld.pipeline_dir()
-    with pytest.raises(LookalikeError, match="not shipped yet"):
+    with pytest.raises(LookalikeError, match="weights are missing from this install"):
         toyworld.clip_dir()
 
 

@@ -43,42 +43,6 @@ def _steps() -> list[tuple[str, str, Callable[[Run], object]]]:
     ]
 
 
-STAND_IN_NOTE = (
-    "note: the bundled toy model is not shipped yet (its weights are still being trained; see "
-    "docs/TOYWORLD.md), so this demo runs every step on an UNTRAINED stand-in with the toy model's "
-    "architecture: all files are written, but the pictures are noise and the audit and eval numbers "
-    "mean nothing."
-)
-
-
-def toy_is_shipped() -> bool:
-    from lookalike.errors import LookalikeError
-    from lookalike.toyworld import pipeline_dir
-
-    try:
-        pipeline_dir()
-    except LookalikeError:
-        return False
-    return True
-
-
-def write_stand_in(folder: Path) -> Path:
-    """An untrained model (and CLIP) with the toy model's architecture and tokenizer, saved in ``folder``."""
-    import torch
-
-    from lookalike.toyworld import models
-    from lookalike.toyworld.export import export_pipeline
-    from lookalike.toyworld.tokenizer import build_tokenizer
-
-    if not (folder / "pipeline" / "model_index.json").is_file():
-        torch.manual_seed(0)
-        tokenizer = build_tokenizer()
-        clip = models.clip_model(tokenizer)
-        text_encoder = models.text_encoder_from(clip)
-        export_pipeline(folder, models.unet_model(), models.vae_model(), text_encoder, tokenizer, clip, unet_step=0)
-    return folder
-
-
 def export_overrides(export: Path) -> list[str]:
     """Overrides that point a run at a toy export folder (``pipeline/`` and ``clip/``) instead of the shipped model."""
     clip = export / "clip"
@@ -86,26 +50,16 @@ def export_overrides(export: Path) -> list[str]:
 
 
 def open_demo_run(folder: Path | str, overrides: list[str] = ()) -> Run:
-    """The demo's run folder: the toy-demo preset, the bundled subject's photos, your overrides.
-
-    While the toy weights are not shipped, an untrained stand-in is written into the run folder
-    and used in their place (see :data:`STAND_IN_NOTE`), unless the overrides choose a model.
-    """
+    """The demo's run folder: the toy-demo preset, the bundled subject's photos, your overrides."""
     from lookalike.toyworld import subject_dir
 
     base = [f"subject.photos={subject_dir(DEMO_SUBJECT)}", f"eval.prompts_file={EVAL_PROMPTS}"]
-    Run.open(folder, preset=DEMO_PRESET, overrides=[*base, *overrides], save=False)  # bad input: nothing written
-    if not toy_is_shipped() and not any(o.startswith("model.source=") for o in overrides):
-        base += export_overrides(write_stand_in(Path(folder) / "stand-in"))
     return Run.open(folder, preset=DEMO_PRESET, overrides=[*base, *overrides])
 
 
 def demo_run(run: Run, echo: Callable[[str], None] = print) -> str:
     """Replay the story on ``run`` (made by :func:`open_demo_run`); returns where to look."""
     started = time.perf_counter()
-    stand_in = Path(run.config.model.source).resolve() == (run.root / "stand-in" / "pipeline").resolve()
-    if stand_in:
-        echo(STAND_IN_NOTE)
     for verb, title, step in _steps():
         echo(f"\n== {title}: lookalike {verb} {run.root}")
         t0 = time.perf_counter()
@@ -117,14 +71,11 @@ def demo_run(run: Run, echo: Callable[[str], None] = print) -> str:
             return f"demo stopped at `lookalike {verb} {run.root}`; run the demo again to continue"
     minutes = (time.perf_counter() - started) / 60
     root = run.root
-    return "\n".join(
-        ([STAND_IN_NOTE] if stand_in else [])
-        + [
-            f"\ndemo finished in {minutes:.1f} min. Where to look:",
-            f"  audit report    {root / 'audit' / 'report.html'}",
-            f"  style gallery   {root / 'samples'}/*/index.html",
-            f"  eval report     {root / 'eval' / 'index.html'}",
-            f"  exported files  {root / 'export'}",
-            f"  the whole run   {root / 'config.toml'} (re-run any verb above by hand)",
-        ]
-    )
+    return "\n".join([
+        f"\ndemo finished in {minutes:.1f} min. Where to look:",
+        f"  audit report    {root / 'audit' / 'report.html'}",
+        f"  style gallery   {root / 'samples'}/*/index.html",
+        f"  eval report     {root / 'eval' / 'index.html'}",
+        f"  exported files  {root / 'export'}",
+        f"  the whole run   {root / 'config.toml'} (re-run any verb above by hand)",
+    ])

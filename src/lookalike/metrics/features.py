@@ -142,13 +142,10 @@ class DinoEmbedder:
 
 
 def toy_clip_dir() -> str:
-    """The toy world's CLIP folder (a CLIPModel folder), or a clear error while it is not shipped."""
+    """The toy world's CLIP folder (a CLIPModel folder), or a clear error if this install lacks it."""
     from lookalike import toyworld
 
-    clip_dir = getattr(toyworld, "clip_dir", None)
-    if clip_dir is None:
-        raise LookalikeError("the toy world's CLIP is not part of this install yet; give a CLIP folder or hub id instead of 'toy'")
-    return str(clip_dir())
+    return str(toyworld.clip_dir())
 
 
 def open_clip(source: str, batch_size: int = 16) -> ClipEmbedder:

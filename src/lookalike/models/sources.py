@@ -37,9 +37,6 @@ FAMILY_KEY_PREFIXES = (
     ("cond_stage_model.transformer.", "sd1"),
 )
 
-TOY_NOT_SHIPPED = "the bundled toy model is not shipped yet; pass model.source=<hub id or folder>"
-
-
 @dataclass(frozen=True)
 class Source:
     """A resolved ``model.source``: what kind of thing it is and where its configs live."""
@@ -51,15 +48,10 @@ class Source:
 
 
 def toy_folder() -> Path:
-    """The bundled toy model's diffusers folder (another module ships it; it may not exist yet)."""
-    try:
-        from lookalike.toyworld import pipeline_dir
-    except ImportError:
-        raise LookalikeError(TOY_NOT_SHIPPED) from None
-    try:
-        return Path(pipeline_dir())
-    except LookalikeError:
-        raise LookalikeError(TOY_NOT_SHIPPED) from None
+    """The bundled toy model's diffusers folder (a clear error if this install lacks its weights)."""
+    from lookalike.toyworld import pipeline_dir
+
+    return Path(pipeline_dir())
 
 
 def _looks_like_path(source: str) -> bool:

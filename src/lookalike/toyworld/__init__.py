@@ -26,8 +26,9 @@ def _shipped(name: str, marker: str) -> Path:
     folder = ASSETS / name
     if not (folder / marker).is_file():
         raise LookalikeError(
-            f"the bundled toy model is not shipped yet ({folder} is missing): build it with "
-            "`python -m lookalike.toyworld.build --ship`, or set model.source to another model"
+            f"the bundled toy model's weights are missing from this install ({folder}): reinstall "
+            "lookalike, rebuild them with `python -m lookalike.toyworld.build --ship`, or set "
+            "model.source to another model"
         )
     return folder
 

@@ -64,10 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", type=int, default=20000, help="number of rendered training scenes")
     p.add_argument("--clip-steps", type=int, default=1600)
     p.add_argument("--vae-steps", type=int, default=1500)
-    p.add_argument("--unet-steps", type=int, default=10500, help="the last quarter lowers the learning rate")
+    p.add_argument("--unet-steps", type=int, default=14500, help="the last quarter lowers the learning rate")
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--judge-steps", type=int, default=4000, help="steps of the judge: a copy of CLIP tuned on captions that differ in one attribute")
+    p.add_argument("--judge-steps", type=int, default=6500, help="steps of the judge: a copy of CLIP tuned on captions that differ in one attribute")
     p.add_argument(
         "--only", choices=("clip", "vae", "unet", "judge"),
         help="train just this stage (and what it needs) and stop: run clip beside vae, then unet beside judge",

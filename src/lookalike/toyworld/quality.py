@@ -5,7 +5,8 @@
 
 * ``naive``: priors from "a photo of a man" (the world draws men bearded half the time and seldom
   with glasses), prior-preservation loss on;
-* ``refined``: the audit's refined class prompt ("a photo of a man, clean-shaven, glasses"),
+* ``refined``: the audit's refined class prompt (for the shipped model "a photo of a man, light
+  skin, black hair, glasses, no hat, green shirt"),
   priors regenerated from it, prior-preservation loss on (what the demo does);
 * ``no-prior``: no priors and no prior-preservation loss.
 
@@ -32,9 +33,9 @@ from lookalike.errors import LookalikeError
 from lookalike.run import Run, atomic_write_text
 
 CONDITIONS = ("naive", "refined", "no-prior")
-LEAKAGE_IMAGES = 32
+LEAKAGE_IMAGES = 64  # a share of 64 images: standard error 6 points at most
 # Shared by every condition: a checkpoint only at the end, and more eval samples than the demo's.
-COMMON = ["train.checkpoint_every=1000000", "eval.samples_per_prompt=4", "eval.include_base=true"]
+COMMON = ["train.checkpoint_every=1000000", "eval.samples_per_prompt=8", "eval.include_base=true"]
 PER_CONDITION = {
     "naive": ["audit.apply=false", "train.with_prior_preservation=true"],
     "refined": ["audit.apply=true", "train.with_prior_preservation=true"],

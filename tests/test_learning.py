@@ -1,0 +1,72 @@
+"""The honest proof that personalization works: train the toy person on the shipped toy model and measure.
+
+One experiment (:mod:`lookalike.toyworld.quality`, the same code that writes docs/QUALITY.md) trains
+three runs with the demo's settings: naive priors, the audit's refined priors, and no prior loss.
+The thresholds were set before the shipped model was measured and are stated here; the figures
+are in docs/QUALITY.md. Where the shipped model misses a threshold, the test is a strict xfail
+that names the measured figure: it fails the run the day the model starts to pass, so the mark
+is removed rather than forgotten. The experiment is seeded; on this CPU it repeats its figures.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+# likeness = toy CLIP-I of the eval prompts' generations against the subject's photos (0..1 cosine).
+LIKENESS_GAIN = 0.10  # trained minus base, at least
+CLIP_T_DROP = 0.03  # trained may lose at most this much prompt following (CLIP-T) against the base
+PRES_MARGIN = 0.01  # PRES without the prior loss exceeds PRES with it by at least this much
+LEAK_MARGIN = 0.10  # refined priors: at least 10 points fewer beards plus lost glasses than naive
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # one experiment: about 15 minutes on one thread
+
+
+def missed(measured: str):
+    return pytest.mark.xfail(strict=True, reason=f"the shipped toy model misses this: {measured} (docs/QUALITY.md)")
+
+
+@pytest.fixture(scope="module")
+def quality(tmp_path_factory):
+    from lookalike.toyworld.quality import experiment
+
+    return experiment(tmp_path_factory.mktemp("quality"), echo=lambda _: None)
+
+
+def refined(quality) -> dict:
+    return quality["conditions"]["refined"]
+
+
+@missed("likeness 0.180 -> 0.264 with refined priors, +0.084 (naive +0.096, no prior loss +0.142)")
+def test_training_makes_the_subject_far_more_likely_than_the_base_model(quality):
+    run = refined(quality)
+    assert run["trained"]["likeness"] >= run["base"]["likeness"] + LIKENESS_GAIN, run
+
+
+@missed("CLIP-T 0.460 -> 0.422 with refined priors, -0.038 (naive -0.024, no prior loss -0.028)")
+def test_prompt_following_stays_near_the_base_model(quality):
+    run = refined(quality)
+    assert run["trained"]["clip_t"] >= run["base"]["clip_t"] - CLIP_T_DROP, run
+
+
+def test_prior_preservation_keeps_the_class_from_turning_into_the_subject(quality):
+    with_prior = refined(quality)["trained"]["pres"]
+    without = quality["conditions"]["no-prior"]["trained"]["pres"]
+    assert without >= with_prior + PRES_MARGIN, (with_prior, without)
+
+
+def test_the_audit_names_the_subjects_glasses_in_the_refined_prompt(quality):
+    assert quality["conditions"]["naive"]["class_prompt"] == "a photo of a man"
+    prompt = refined(quality)["class_prompt"]
+    assert "glasses" in prompt.split(", ") and "no glasses" not in prompt, prompt
+
+
+@missed("the audit sees 28% of the priors bearded and 1 of 6 photos, so it does not name 'clean-shaven'")
+def test_the_audit_names_the_subject_clean_shaven(quality):
+    assert "clean-shaven" in refined(quality)["class_prompt"].split(", ")
+
+
+@missed("bearded + without glasses: naive 88% + 8%, refined 88% + 12%; the judge calls 3 of 6 photos bearded")
+def test_refined_priors_leak_fewer_beards_and_lost_glasses_than_naive_ones(quality):
+    naive = quality["conditions"]["naive"]["trained"]["leakage"]
+    leak = lambda r: r["beard"] + r["no_glasses"]  # noqa: E731
+    assert leak(refined(quality)["trained"]["leakage"]) <= leak(naive) - LEAK_MARGIN, (naive, refined(quality))
