@@ -1,11 +1,11 @@
 """The shipped subject packs: six 64×64 "photos" each of subjects the world never generates.
 
 ``toyperson`` is a clean-shaven man with glasses, short black hair and a purple star on his green
-shirt (no caption of the world draws a star on a person, and its men are bearded half the time and
-seldom wear glasses: the classic prior-preservation trap). The mark sits on the shirt, away from the
-head, so a judge reading beard, glasses and hat is not misled by it (blue striped hair was read as
-a hat). ``toydog`` is a white dog with pointy ears and a purple star on
-its side and a purple patch over one eye. Photos vary position, scale, light and background.
+shirt (no scene of the world has a star on a person, and its men are bearded half the time and
+seldom wear glasses: the classic prior-preservation trap). The mark sits on the shirt, away from
+the head, so a judge reading beard, glasses and hat is not misled by it (blue striped hair was
+read as a hat). ``toydog`` is a white dog with pointy ears and a purple star on its side and a
+purple patch over one eye. Photos vary position, scale, light and background.
 """
 
 from __future__ import annotations
