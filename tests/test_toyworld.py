@@ -224,3 +224,18 @@ def test_the_judge_sees_the_skewed_person_attributes_evened_out():
         assert abs(shown[men].mean() - natural) < 0.06  # the world keeps its skew...
         assert chance[men & shown].sum() / chance[men].sum() == pytest.approx(0.5, abs=0.06)  # ...the judge's batches do not
     assert set(SKEWED) <= set(ATTRIBUTE_VALUES["person"])
+
+
+def test_the_class_probe_offers_only_nouns_the_captions_write():
+    from lookalike.toyworld.probes import probe_texts
+    from lookalike.toyworld.world import SPARE_WORDS, caption, caption_words
+
+    written = set()
+    rng = np.random.default_rng(0)
+    for seed in range(400):
+        written.update(caption(sample_scene(seed), rng).replace(",", " ").split())
+    _, texts = probe_texts(sample_scene(0), "class")
+    offered = {word for text in texts for word in text.split()}
+    assert offered <= written
+    # Words no caption writes stay in the vocabulary (the shipped tokenizer does not change), unlearned.
+    assert set(SPARE_WORDS) <= caption_words() and not set(SPARE_WORDS) & written
