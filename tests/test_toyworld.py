@@ -211,18 +211,26 @@ def test_the_judges_label_heads_cover_every_key_a_scene_shows():
     assert torch.isfinite(loss) and loss > 0
 
 
-def test_the_judge_sees_the_skewed_person_attributes_evened_out():
-    from lookalike.toyworld.trainers import SKEWED, balanced_people
+def test_the_judge_sees_new_scenes_with_the_skewed_person_attributes_evened_out():
+    from lookalike.toyworld.evaluate import HELD_OUT
+    from lookalike.toyworld.trainers import SKEWED, STREAM, judge_scenes
 
-    scenes = [sample_scene(seed) for seed in range(4000)]
-    people, chance = balanced_people(scenes)
-    assert all(scenes[i]["class"] == "person" for i in people) and chance.sum() == pytest.approx(1.0)
-    men = np.array([scenes[i]["gender"] == "man" for i in people])
-    assert chance[men].sum() == pytest.approx(0.5)
+    steps = [judge_scenes(step, 48) for step in range(60)]
+    assert judge_scenes(7, 48) == steps[7]  # a resumed run sees the same scenes
+    seeds = [scene["seed"] for scenes in steps for scene in scenes]
+    assert len(set(seeds)) == len(seeds) and min(seeds) >= STREAM > HELD_OUT + 1_000_000  # never the pool's or the evaluation's
+    drawn = [scene for scenes in steps for scene in scenes[:24]]
+    people = [scene for scenes in steps for scene in scenes[24:]]
+    assert all(scene["class"] == "person" for scene in people)
+    assert 0.4 < np.mean([scene["class"] == "person" for scene in drawn]) < 0.6  # the world's own mix
+    men = [scene for scene in people if scene["gender"] == "man"]
+    assert 0.45 < len(men) / len(people) < 0.55
+    assert not any(scene["beard"] == "yes" for scene in people if scene["gender"] == "woman")
     for attr, value, natural in (("glasses", "yes", 0.12), ("beard", "yes", 0.5), ("hat", "yes", 0.25)):
-        shown = np.array([scenes[i][attr] == value for i in people])
-        assert abs(shown[men].mean() - natural) < 0.06  # the world keeps its skew...
-        assert chance[men & shown].sum() / chance[men].sum() == pytest.approx(0.5, abs=0.06)  # ...the judge's batches do not
+        world_men = [sample_scene(seed, "person") for seed in range(3000)]
+        world_men = [scene for scene in world_men if scene["gender"] == "man"]
+        assert abs(np.mean([scene[attr] == value for scene in world_men]) - natural) < 0.05  # the world keeps its skew...
+        assert abs(np.mean([scene[attr] == value for scene in men]) - 0.5) < 0.06  # ...the judge's people do not
     assert set(SKEWED) <= set(ATTRIBUTE_VALUES["person"])
 
 
@@ -239,3 +247,29 @@ def test_the_class_probe_offers_only_nouns_the_captions_write():
     assert offered <= written
     # Words no caption writes stay in the vocabulary (the shipped tokenizer does not change), unlearned.
     assert set(SPARE_WORDS) <= caption_words() and not set(SPARE_WORDS) & written
+
+
+def test_the_judge_stage_can_start_from_an_exported_clip_and_skips_stage_one(tmp_path):
+    import torch
+
+    from lookalike.toyworld import models
+    from lookalike.toyworld.build import main
+    from lookalike.toyworld.tokenizer import build_tokenizer
+
+    start = models.clip_model(build_tokenizer())
+    start.save_pretrained(tmp_path / "start")
+    out = tmp_path / "build"
+    main(["--out", str(out), "--pool", "8", "--only", "judge", "--judge-from", str(tmp_path / "start"), "--judge-steps", "1", "--threads", "1"])
+    assert not (out / "clip").exists()  # stage 1 never ran
+    tuned = torch.load(out / "judge" / "checkpoint.pt", weights_only=False)
+    assert tuned["step"] == 1
+    drift = {k: float((v - tuned["model"][k]).abs().max()) for k, v in start.state_dict().items() if v.is_floating_point()}
+    assert 0 < max(drift.values()) < 1e-3  # one warm-up step away from the given weights, not a fresh model
+
+
+def test_the_judge_stage_refuses_a_folder_without_an_exported_clip(tmp_path):
+    from lookalike.toyworld.build import main
+
+    with pytest.raises(SystemExit, match="holds no exported CLIP"):
+        main(["--out", str(tmp_path / "build"), "--pool", "8", "--only", "judge", "--judge-from", str(tmp_path), "--judge-steps", "1", "--threads", "1"])
+    assert not (tmp_path / "build" / "judge").exists()

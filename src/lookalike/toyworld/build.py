@@ -67,7 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--unet-steps", type=int, default=14500, help="the last quarter lowers the learning rate")
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--judge-steps", type=int, default=6500, help="steps of the judge: a copy of CLIP tuned on captions that differ in one attribute")
+    p.add_argument("--judge-steps", type=int, default=7000, help="steps of the judge: a copy of CLIP tuned on captions that differ in one attribute")
+    p.add_argument(
+        "--judge-from", type=Path, default=None,
+        help="start the judge from this exported CLIP folder (e.g. a shipped judge) instead of the stage-1 CLIP",
+    )
     p.add_argument(
         "--only", choices=("clip", "vae", "unet", "judge"),
         help="train just this stage (and what it needs) and stop: run clip beside vae, then unet beside judge",
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     images, scenes = render_pool(out, args.pool, log)
     every = args.checkpoint_minutes * 60
     clip = vae = None
-    if args.only in (None, "clip", "unet", "judge"):
+    if args.only in (None, "clip", "unet") or (args.only == "judge" and args.judge_from is None):
         clip = trainers.train_clip(out / "clip", images, scenes, tokenizer, args.clip_steps, every, log)
     if args.only in (None, "vae", "unet"):
         vae = trainers.train_vae(out / "vae", images, args.vae_steps, every, log)
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         latents = trainers.encode_pool(out / "vae", vae, images, log)
         unet = trainers.train_unet(out / "unet", latents, scenes, tokenizer, clip, vae, args.unet_steps, every, log)
     if args.only in (None, "judge"):
-        judge = trainers.tune_judge(out / "judge", clip, images, scenes, tokenizer, args.judge_steps, every, log)
+        start = clip if args.judge_from is None else trainers.exported_clip(args.judge_from)
+        judge = trainers.tune_judge(out / "judge", start, tokenizer, args.judge_steps, every, log)
     if args.only:
         log(f"{args.only} stage finished")
         return

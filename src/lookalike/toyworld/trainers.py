@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lookalike.toyworld import models
+from lookalike.toyworld.render import render
 from lookalike.toyworld.world import ATTRIBUTE_VALUES, CLASSES, CONTEXTS, STYLES, caption, flipped, sample_scene, visible_attributes
 
 CAPTION_DROPOUT = 0.1  # empty captions teach the unconditional branch of classifier-free guidance
@@ -204,30 +205,50 @@ def label_loss(heads: torch.nn.ModuleDict, pooled: torch.Tensor, scenes: list[di
 
 # The person attributes the world skews on purpose; the judge sees their values evened out.
 SKEWED = ("hair style", "beard", "glasses", "hat")
+# The judge's scenes come fresh from the world, from this seed on: the training pool renders seeds
+# 0..pool-1 and the evaluation's held-out scenes start at 10,000,000.
+STREAM = 100_000_000
 
 
-def balanced_people(scenes: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """The people in ``scenes`` and a sampling probability for each that evens out the skewed attributes.
+def evened_out(person: dict, rng: np.random.Generator) -> dict:
+    """The person with gender and each skewed attribute drawn half and half (a woman never bearded).
 
     The world is skewed on purpose (glasses on 12% of people, beards on half the men), and a judge
     trained on it learns that skew: it answered "no glasses" nearly always, at 87% accuracy, and
-    missed the subject's glasses. Weighting each person by the inverse frequency of its values among
-    people of its gender makes each value about equally common in the batch, and men and women
-    half each."""
-    people = np.array([i for i, scene in enumerate(scenes) if scene["class"] == "person"])
-    counts: dict[tuple, int] = {}
-    for i in people:
-        for attr in SKEWED:
-            key = (scenes[i]["gender"], attr, scenes[i][attr])
-            counts[key] = counts.get(key, 0) + 1
-    weights = np.array([np.prod([1.0 / counts[(scenes[i]["gender"], a, scenes[i][a])] for a in SKEWED]) for i in people])
-    for gender in ("man", "woman"):
-        mine = np.array([scenes[i]["gender"] == gender for i in people])
-        weights[mine] /= 2 * weights[mine].sum()
-    return people, weights
+    missed the subject's glasses."""
+    out = {**person, "gender": _choice(rng, ("man", "woman"))}
+    out |= {attr: _choice(rng, list(ATTRIBUTE_VALUES["person"][attr])) for attr in SKEWED}
+    if out["gender"] == "woman":
+        out["beard"] = "no"
+    return out
 
 
-def tune_judge(folder, clip, images, scenes, tokenizer, steps, every_s, log, batch=48):
+def _choice(rng: np.random.Generator, options) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def judge_scenes(step: int, batch: int) -> list[dict]:
+    """The judge's scenes for one step, never seen before: half as the world draws them, half people
+    with the skewed attributes evened out (:func:`evened_out`).
+
+    From a fixed pool of 20,000 renders (6,700 people, 850 bearded men) the judge learned the
+    pool's pictures, not beards: 96% right on the pool's beards, 82% on new scenes."""
+    rng = np.random.default_rng([4, step, 1])
+    first = STREAM + step * batch
+    scenes = [sample_scene(first + k) for k in range(batch // 2)]
+    return scenes + [evened_out(sample_scene(first + k, "person"), rng) for k in range(batch // 2, batch)]
+
+
+def exported_clip(folder: Path):
+    """A CLIP exported by a build (or shipped) as float32, to start the judge stage from."""
+    from transformers import CLIPModel
+
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"error: {folder} holds no exported CLIP (config.json); point --judge-from at an export's clip/ folder")
+    return CLIPModel.from_pretrained(folder, torch_dtype=torch.float32)
+
+
+def tune_judge(folder, clip, tokenizer, steps, every_s, log, batch=48):
     """CLIP's second stage, the judge: both towers go on learning, on captions that differ in one key.
 
     The UNet is conditioned on the first stage's text tower, which the pipeline keeps; this copy
@@ -237,8 +258,8 @@ def tune_judge(folder, clip, images, scenes, tokenizer, steps, every_s, log, bat
     that the first stage barely learns, plus CLIP's usual loss over the batch's true captions.
     Contrastive learning alone never finds the beard: while neither tower separates it, neither
     gets a gradient to start (a saddle). So linear heads on the image tower also learn the scenes'
-    labels; they are dropped at export, and the probes stay zero-shot. Half of each batch is people,
-    drawn so that each attribute's values are about equally common (``balanced_people``).
+    labels; they are dropped at export, and the probes stay zero-shot. Every step renders new
+    scenes (:func:`judge_scenes`), half of them people with the skewed attributes evened out.
     Runs beside the UNet stage.
     """
     torch.manual_seed(4)
@@ -246,26 +267,26 @@ def tune_judge(folder, clip, images, scenes, tokenizer, steps, every_s, log, bat
     heads = label_heads(clip.config.vision_config.hidden_size)
     opt = torch.optim.AdamW(list(clip.parameters()) + list(heads.parameters()), lr=5e-4, weight_decay=0.1)
     stage = Stage(folder, "judge", {"model": clip, "heads": heads, "opt": opt}, steps, every_s, log)
-    people, chance = balanced_people(scenes)
 
     def step(i: int) -> float:
         rng = np.random.default_rng([4, i])
-        idx = np.concatenate([rng.choice(len(images), batch // 2, replace=False), rng.choice(people, batch // 2, replace=False, p=chance)])
-        groups = [value_captions(scenes[j], rng) for j in idx]
+        scenes = judge_scenes(i, batch)
+        images = np.stack([render(scene) for scene in scenes])
+        groups = [value_captions(scene, rng) for scene in scenes]
         texts = [t for _, group, _ in groups for t in group]
         tokens = tokenizer(texts, padding="longest", return_tensors="pt")
         for group in opt.param_groups:
             group["lr"] = 5e-4 * warmup_cosine(i, steps)
         text = _features(clip.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask))
-        pooled = clip.vision_model(pixel_values=to_clip_pixels(images[idx])).pooler_output
+        pooled = clip.vision_model(pixel_values=to_clip_pixels(images)).pooler_output
         image = F.normalize(clip.visual_projection(pooled), dim=-1)
         logits = clip.logit_scale.exp() * image @ text.T  # (batch, all captions)
         starts = np.cumsum([0] + [len(g) for _, g, _ in groups])
         truth = torch.tensor([starts[k] + true for k, (_, _, true) in enumerate(groups)])
         # Each image against its own key's captions: the probe it will face.
-        probe = torch.stack([F.cross_entropy(logits[k, starts[k] : starts[k + 1]], truth[k] - starts[k]) for k in range(len(idx))]).mean()
+        probe = torch.stack([F.cross_entropy(logits[k, starts[k] : starts[k + 1]], truth[k] - starts[k]) for k in range(batch)]).mean()
         # CLIP's symmetric loss over the true captions, which keeps the rest of what it knows.
-        loss = probe + clip_loss(logits[:, truth]) + label_loss(heads, pooled, [scenes[j] for j in idx])
+        loss = probe + clip_loss(logits[:, truth]) + label_loss(heads, pooled, scenes)
         opt.zero_grad()
         loss.backward()
         opt.step()
