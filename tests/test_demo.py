@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from lookalike.cli import main
+from lookalike.sample.pngmeta import read_params
 
 SMALL = [
     "priors.num_images=4", "priors.batch_size=4", "priors.steps=2",
@@ -23,6 +24,10 @@ def test_demo_runs_every_step_and_says_where_to_look(tmp_path, capsys):
     assert (run_dir / "audit" / "report.html").is_file()
     assert (run_dir / "model" / "pytorch_lora_weights.safetensors").is_file()
     assert list(run_dir.glob("samples/*/index.html"))
+    manifests = list(run_dir.glob("samples/*/manifest.jsonl"))
+    rows = [json.loads(line) for line in manifests[0].read_text().splitlines()]
+    kept = [read_params(manifests[0].parent / row["file"]) for row in rows if row["kept"]]
+    assert kept and all(p.scorer.startswith("CLIP-I likeness (toy)") for p in kept)  # best-of-N by likeness, not colours
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     assert report["rows"] and all(row["subject"] == "toyperson" for row in report["rows"])
     assert list((run_dir / "export").glob("*.safetensors"))

@@ -36,13 +36,12 @@ def refined(quality) -> dict:
     return quality["conditions"]["refined"]
 
 
-@missed("likeness 0.180 -> 0.264 with refined priors, +0.084 (naive +0.096, no prior loss +0.142)")
 def test_training_makes_the_subject_far_more_likely_than_the_base_model(quality):
     run = refined(quality)
     assert run["trained"]["likeness"] >= run["base"]["likeness"] + LIKENESS_GAIN, run
 
 
-@missed("CLIP-T 0.460 -> 0.422 with refined priors, -0.038 (naive -0.024, no prior loss -0.028)")
+@missed("CLIP-T 0.504 -> 0.424 with refined priors, -0.080 (naive -0.074, no prior loss -0.064)")
 def test_prompt_following_stays_near_the_base_model(quality):
     run = refined(quality)
     assert run["trained"]["clip_t"] >= run["base"]["clip_t"] - CLIP_T_DROP, run
@@ -60,12 +59,11 @@ def test_the_audit_names_the_subjects_glasses_in_the_refined_prompt(quality):
     assert "glasses" in prompt.split(", ") and "no glasses" not in prompt, prompt
 
 
-@missed("the audit sees 28% of the priors bearded and 1 of 6 photos, so it does not name 'clean-shaven'")
 def test_the_audit_names_the_subject_clean_shaven(quality):
     assert "clean-shaven" in refined(quality)["class_prompt"].split(", ")
 
 
-@missed("bearded + without glasses: naive 88% + 8%, refined 88% + 12%; the judge calls 3 of 6 photos bearded")
+@missed("bearded + without glasses: naive 84% + 0%, refined 73% + 3%, 8 points fewer (no prior loss 78% + 2%)")
 def test_refined_priors_leak_fewer_beards_and_lost_glasses_than_naive_ones(quality):
     naive = quality["conditions"]["naive"]["trained"]["leakage"]
     leak = lambda r: r["beard"] + r["no_glasses"]  # noqa: E731
