@@ -226,9 +226,8 @@ def test_the_judge_sees_new_scenes_with_the_skewed_person_attributes_evened_out(
     men = [scene for scene in people if scene["gender"] == "man"]
     assert 0.45 < len(men) / len(people) < 0.55
     assert not any(scene["beard"] == "yes" for scene in people if scene["gender"] == "woman")
+    world_men = [scene for scene in (sample_scene(seed, "person") for seed in range(3000)) if scene["gender"] == "man"]
     for attr, value, natural in (("glasses", "yes", 0.12), ("beard", "yes", 0.5), ("hat", "yes", 0.25)):
-        world_men = [sample_scene(seed, "person") for seed in range(3000)]
-        world_men = [scene for scene in world_men if scene["gender"] == "man"]
         assert abs(np.mean([scene[attr] == value for scene in world_men]) - natural) < 0.05  # the world keeps its skew...
         assert abs(np.mean([scene[attr] == value for scene in men]) - 0.5) < 0.06  # ...the judge's people do not
     assert set(SKEWED) <= set(ATTRIBUTE_VALUES["person"])
