@@ -82,16 +82,19 @@ def main(argv: list[str] | None = None) -> None:
         step = ship(Path(args.out) / "export", ASSETS)
         print(f"shipped the toy model (UNet step {step}) to {ASSETS}")
         return
+    if args.judge_from is not None and not (args.judge_from / "config.json").is_file():
+        raise SystemExit(f"error: {args.judge_from} holds no exported CLIP (config.json); point --judge-from at an export's clip/ folder")
+    from_export = args.only == "judge" and args.judge_from is not None  # needs neither the pool nor stage 1
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "build.log")
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
-    images, scenes = render_pool(out, args.pool, log)
+    images, scenes = (None, None) if from_export else render_pool(out, args.pool, log)
     every = args.checkpoint_minutes * 60
     clip = vae = None
-    if args.only in (None, "clip", "unet") or (args.only == "judge" and args.judge_from is None):
+    if args.only in (None, "clip", "unet", "judge") and not from_export:
         clip = trainers.train_clip(out / "clip", images, scenes, tokenizer, args.clip_steps, every, log)
     if args.only in (None, "vae", "unet"):
         vae = trainers.train_vae(out / "vae", images, args.vae_steps, every, log)
