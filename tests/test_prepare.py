@@ -243,3 +243,42 @@ def test_cli_prepare_end_to_end_then_missing_folder(tmp_path, photo_folder, caps
     assert _snapshot(prepared) == previous
     manifest = [json.loads(line) for line in (prepared / "manifest.jsonl").read_text().splitlines()]
     assert all(np.asarray(Image.open(prepared / r["file"])).shape == (RES, RES, 3) for r in manifest)
+
+
+def _captioned_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "captioned"
+    folder.mkdir()
+    _save(_photo("astronaut"), folder / "a.png")
+    (folder / "a.txt").write_text("at the beach\n", encoding="utf-8")
+    _save(_photo("coffee"), folder / "b.jpg")
+    (folder / "b.txt").write_text("  OHWX person,   smiling ", encoding="utf-8")
+    _save(_photo("rocket"), folder / "c.png")  # no caption: the instance prompt
+    return folder
+
+
+def test_captions_beside_photos_become_their_training_prompts(tmp_path):
+    from lookalike.data.dataset import load_training_set
+
+    folder = _captioned_folder(tmp_path)
+    run = _open(tmp_path, folder, "train.with_prior_preservation=false")
+    report = _prepare(run)
+    assert "prepared 3 photos" in str(report) and "0 skipped" in str(report)  # .txt files are captions, not photos
+    assert str(report).endswith("; 2 with captions)")
+    rows = read_jsonl(run.instance_dir("subject") / "manifest.jsonl")
+    assert [r.get("caption") for r in rows] == ["at the beach", "OHWX person, smiling", None]
+    prompts = [e.prompt for e in load_training_set(run).instances]
+    assert prompts == ["a photo of ohwx person at the beach", "OHWX person, smiling", "a photo of ohwx person"]
+    # the caption is kept as written, so a new identifier reaches the photos captioned with a context
+    renamed = _open(tmp_path, folder, "train.with_prior_preservation=false", "subject.identifier=zwx")
+    assert [e.prompt for e in load_training_set(renamed).instances][0] == "a photo of zwx person at the beach"
+
+
+def test_an_empty_caption_fails_and_keeps_the_previous_set(tmp_path, photo_folder):
+    run = _open(tmp_path, photo_folder)
+    _prepare(run)
+    previous = _snapshot(run.instance_dir("subject"))
+    folder = _captioned_folder(tmp_path)
+    (folder / "c.txt").write_text(" \n", encoding="utf-8")
+    with pytest.raises(LookalikeError, match=r"caption .*c\.txt is empty: write the photo's context"):
+        _prepare(_open(tmp_path, folder))
+    assert _snapshot(run.instance_dir("subject")) == previous

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lookalike.config import SubjectConfig
 from lookalike.errors import LookalikeError
 from lookalike.run import Run, read_jsonl
 
@@ -38,7 +39,23 @@ class TrainingSet:
         return self.instances + [e for group in self.priors.values() for e in group]
 
 
-def _instances(run: Run, name: str, prompt: str, resolution: int) -> list[Example]:
+def caption_prompt(caption: str | None, subject: SubjectConfig) -> str:
+    """A photo's training prompt: the instance prompt, or the photo's caption (from ``photo.txt``).
+
+    A caption that names the identifier is the whole prompt ("ohwx man on a beach at dusk"); any
+    other caption describes the photo and follows the instance prompt ("at the beach" makes "a
+    photo of ohwx man at the beach"), so the photo's context is not learned as part of the subject.
+    """
+    prompt = subject.resolved_instance_prompt()
+    if caption is None:
+        return prompt
+    if subject.identifier.lower() in caption.lower().replace(",", " ").split():
+        return caption
+    return f"{prompt} {caption}"
+
+
+def _instances(run: Run, subject: SubjectConfig, resolution: int) -> list[Example]:
+    name = subject.name
     folder = run.instance_dir(name)
     rows = read_jsonl(folder / "manifest.jsonl")
     missing = [r["file"] for r in rows if not (folder / r["file"]).is_file()]
@@ -49,7 +66,7 @@ def _instances(run: Run, name: str, prompt: str, resolution: int) -> list[Exampl
     return [
         Example(
             path=folder / r["file"],
-            prompt=prompt,
+            prompt=caption_prompt(r.get("caption"), subject),
             subject=name,
             original_size=tuple(r.get("original_size") or square),
             crop_top_left=_scaled_crop(r, resolution),
@@ -94,12 +111,12 @@ def _priors(run: Run, name: str, class_prompt: str, needed: int) -> list[Example
 
 
 def load_training_set(run: Run) -> TrainingSet:
-    """Every subject's prepared photos (with its instance prompt) and, with prior preservation, its priors."""
+    """Every subject's prepared photos (with its instance prompt or their captions) and, with prior preservation, its priors."""
     config = run.config
     resolution = config.prepare.resolution
     data = TrainingSet(instances=[])
     for subject in config.subjects:
-        data.instances += _instances(run, subject.name, subject.resolved_instance_prompt(), resolution)
+        data.instances += _instances(run, subject, resolution)
         if config.train.with_prior_preservation:
             data.priors[subject.name] = _priors(run, subject.name, subject.resolved_class_prompt(), config.priors.num_images)
     return data

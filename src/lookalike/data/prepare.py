@@ -4,7 +4,8 @@ For each subject, every file in ``subject.photos`` is read in sorted order (the 
 read, never written). Unusable files are skipped with one line saying why; exact and near duplicates
 (perceptual hash) are dropped, keeping the copy with the most pixels; each remaining photo is
 cropped square (face-centred for people, else centred), resized to ``prepare.resolution`` and
-written as PNG to ``run.instance_dir(subject)`` with ``manifest.jsonl``. The prepared set is
+written as PNG to ``run.instance_dir(subject)`` with ``manifest.jsonl``; a caption file beside a
+photo (``photo.txt``) becomes that photo's training prompt (:func:`read_caption`). The prepared set is
 derived data: a re-run replaces it whole, and a failed or stopped run leaves the old one in place
 (a STOP file is checked before each photo; see :mod:`lookalike.run`).
 """
@@ -29,6 +30,7 @@ from lookalike.run import Run, Stopped, atomic_dir
 
 VERB = "prepare"
 MANIFEST = "manifest.jsonl"
+CAPTION_SUFFIX = ".txt"  # photo.jpg + photo.txt: that photo's own training prompt
 WARN = "warning:"  # prefix of the notes that say a photo may train badly
 
 
@@ -66,8 +68,10 @@ class SubjectReport:
         head = (
             f"{self.name}: prepared {len(self.rows)} photos at {self.resolution} px into {self.folder} "
             f"(crops: {crops.count('face')} face, {crops.count('center')} centre; "
-            f"{len(self.skipped)} skipped, {len(self.dropped)} duplicates dropped)"
+            f"{len(self.skipped)} skipped, {len(self.dropped)} duplicates dropped"
         )
+        captioned = sum("caption" in row for row in self.rows)
+        head += f"; {captioned} with captions)" if captioned else ")"
         return "\n".join([head, *(f"  {line}" for line in self.skipped + self.dropped + self.notes)])
 
 
@@ -114,7 +118,7 @@ def photos_folder(run: Run, subject: cfg.SubjectConfig, index: int) -> Path:
 
 def prepare_subject(run: Run, subject: cfg.SubjectConfig, folder: Path, staging: Path, report: SubjectReport) -> None:
     """Write the prepared PNGs and manifest of one subject into ``staging``."""
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.suffix.lower() != CAPTION_SUFFIX)
     run.emit(VERB, "start", subject=subject.name, folder=str(folder.resolve()), files=len(entries))
     candidates = []
     for path in _progress(entries, f"reading {subject.name}"):
@@ -133,11 +137,32 @@ def prepare_subject(run: Run, subject: cfg.SubjectConfig, folder: Path, staging:
     for index, candidate in enumerate(_progress(keepers, f"cropping {subject.name}")):
         _check_stop(run)
         image, row = prepare_photo(candidate, mode, run.config.prepare)
+        caption = read_caption(candidate.path)
+        if caption is not None:
+            row["caption"] = caption
         row["file"] = f"{index:03d}.png"
         image.save(staging / row["file"], format="PNG")
         report.rows.append(row)
         report.notes.extend(f"{candidate.path.name}: {note}" for note in row["notes"])
     (staging / MANIFEST).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in report.rows), encoding="utf-8")
+
+
+def read_caption(photo: Path) -> str | None:
+    """The caption written beside ``photo`` as ``<name>.txt`` (kohya's convention), if there is one.
+
+    Stored as written (whitespace collapsed); :func:`lookalike.data.dataset.caption_prompt` turns
+    it into the photo's training prompt, so a later change of identifier still applies to it.
+    """
+    path = photo.with_suffix(CAPTION_SUFFIX)
+    if not path.is_file():
+        return None
+    try:
+        text = " ".join(path.read_text(encoding="utf-8").split())
+    except UnicodeDecodeError:
+        raise LookalikeError(f"caption {path} is not UTF-8 text: save it as plain UTF-8") from None
+    if not text:
+        raise LookalikeError(f"caption {path} is empty: write the photo's context in it (e.g. 'at the beach'), or delete it")
+    return text
 
 
 def _progress(items: list, desc: str):
