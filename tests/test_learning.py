@@ -1,7 +1,8 @@
 """The honest proof that personalization works: train the toy person on the shipped toy model and measure.
 
 One experiment (:mod:`lookalike.toyworld.quality`, the same code that writes docs/QUALITY.md) trains
-three runs with the demo's settings: naive priors, the audit's refined priors, and no prior loss.
+four runs with the demo's settings: naive priors, the audit's refined priors, no prior loss, and
+textual inversion (only the identifier's embedding learns).
 The thresholds were set before the shipped model was measured and are stated here; the figures
 are in docs/QUALITY.md. Where the shipped model misses a threshold, the test is a strict xfail
 that names the measured figure: it fails the run the day the model starts to pass, so the mark
@@ -18,7 +19,7 @@ CLIP_T_DROP = 0.03  # trained may lose at most this much prompt following (CLIP-
 PRES_MARGIN = 0.01  # PRES without the prior loss exceeds PRES with it by at least this much
 LEAK_MARGIN = 0.10  # refined priors: at least 10 points fewer beards plus lost glasses than naive
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # one experiment: about 15 minutes on one thread
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # one experiment: about 20 minutes on one thread
 
 
 def missed(measured: str):
@@ -41,9 +42,18 @@ def test_training_makes_the_subject_far_more_likely_than_the_base_model(quality)
     assert run["trained"]["likeness"] >= run["base"]["likeness"] + LIKENESS_GAIN, run
 
 
-@missed("CLIP-T 0.504 -> 0.424 with refined priors, -0.080 (naive -0.074, no prior loss -0.064)")
+@missed("CLIP-T 0.504 -> 0.415 with refined priors, -0.089 (naive -0.077, no prior loss -0.061)")
 def test_prompt_following_stays_near_the_base_model(quality):
     run = refined(quality)
+    assert run["trained"]["clip_t"] >= run["base"]["clip_t"] - CLIP_T_DROP, run
+
+
+def test_textual_inversion_learns_the_subject_and_keeps_prompt_following(quality):
+    # The same two thresholds on the embedding-only condition (added 2026-12-03, after a sweep had
+    # measured it; the thresholds are the ones above, unchanged): the LoRA's CLIP-T drop is not
+    # a property of the eval, since a run that leaves the UNet alone passes the same check.
+    run = quality["conditions"]["embedding"]
+    assert run["trained"]["likeness"] >= run["base"]["likeness"] + LIKENESS_GAIN, run
     assert run["trained"]["clip_t"] >= run["base"]["clip_t"] - CLIP_T_DROP, run
 
 
@@ -63,7 +73,7 @@ def test_the_audit_names_the_subject_clean_shaven(quality):
     assert "clean-shaven" in refined(quality)["class_prompt"].split(", ")
 
 
-@missed("bearded + without glasses: naive 84% + 0%, refined 73% + 3%, 8 points fewer (no prior loss 78% + 2%)")
+@missed("bearded + without glasses: naive 80% + 0%, refined 78% + 2%, no fewer (no prior loss 67% + 2%)")
 def test_refined_priors_leak_fewer_beards_and_lost_glasses_than_naive_ones(quality):
     naive = quality["conditions"]["naive"]["trained"]["leakage"]
     leak = lambda r: r["beard"] + r["no_glasses"]  # noqa: E731

@@ -36,8 +36,11 @@ def test_experiment_measures_every_condition_and_writes_the_table(tmp_path, monk
     assert set(refined.replace(",", " ").replace("-", " - ").split()) <= caption_words()
     assert json.loads((tmp_path / "runs" / "quality.json").read_text()) == results
     assert not (tmp_path / "runs" / "no-prior" / "priors").exists() or not any((tmp_path / "runs" / "no-prior" / "priors").rglob("*.png"))
+    embedding = results["conditions"]["embedding"]  # only the identifier's row learns: "a photo of a man" is untouched
+    assert embedding["trained"]["pres"] == pytest.approx(embedding["base"]["pres"], abs=1e-6)
+    assert not any((tmp_path / "runs" / "embedding").glob("priors/**/*.png"))
     table = quality.markdown(results)
-    assert table.count("\n| ") == 5 and "trained, no prior loss" in table and str(model) in table
+    assert table.count("\n| ") == 6 and "textual inversion" in table and str(model) in table
 
 
 def test_a_folder_that_is_not_a_build_export_is_refused_before_anything_is_written(tmp_path, capsys):

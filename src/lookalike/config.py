@@ -102,14 +102,18 @@ class PriorsConfig(Section):
 
 
 class TrainConfig(Section):
-    method: Literal["full", "lora"] = Field("lora", description="full: fine-tune the UNet weights; lora: train low-rank adapters.")
+    method: Literal["full", "lora", "embedding"] = Field(
+        "lora",
+        description="full: fine-tune the UNet weights; lora: train low-rank adapters; embedding: learn only the "
+        "identifier's token embedding (textual inversion; prompts without the identifier render as the base model does).",
+    )
     train_text_encoder: bool = Field(False, description="Also train the text encoder(s) (full weights or LoRA, as method).")
     lora_rank: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; defaults to the rank.")
     max_steps: int = Field(800, ge=1, description="Optimizer steps to train (DreamBooth: ~100-200 per photo).")
     batch_size: int = Field(1, ge=1, description="Subject images per step (each paired with as many priors).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches summed per optimizer step.")
-    learning_rate: float = Field(1e-4, gt=0, description="UNet learning rate (full: ~2e-6, LoRA: ~1e-4).")
+    learning_rate: float = Field(1e-4, gt=0, description="UNet learning rate (full: ~2e-6, LoRA: ~1e-4; embedding: the embedding's, ~1e-3).")
     text_encoder_learning_rate: float | None = Field(None, gt=0, description="Text-encoder LR; defaults to learning_rate.")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field("constant", description="Learning-rate schedule after warmup.")
     lr_warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
@@ -231,11 +235,12 @@ class EvalConfig(Section):
 
 
 class ExportConfig(Section):
-    format: Literal["auto", "single-file", "lora-kohya", "lora-diffusers", "diffusers"] = Field(
+    format: Literal["auto", "single-file", "lora-kohya", "lora-diffusers", "diffusers", "embedding"] = Field(
         "auto",
-        description="auto: lora-kohya for a LoRA run, single-file for a full fine-tune; single-file: one "
-        "original-layout .safetensors (A1111/ComfyUI; a LoRA is fused in); lora-kohya / lora-diffusers: the "
-        "LoRA alone; diffusers: a pipeline folder.",
+        description="auto: lora-kohya for a LoRA run, embedding for an embedding run, single-file for a full "
+        "fine-tune; single-file: one original-layout .safetensors (A1111/ComfyUI; a LoRA or embedding is fused in); "
+        "lora-kohya / lora-diffusers: the LoRA alone; diffusers: a pipeline folder; embedding: A1111/ComfyUI "
+        "textual-inversion files named after the identifier.",
     )
     dtype: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the exported weights.")
     output: str | None = Field(None, description="Folder for the exported files and model card; defaults to RUN/export.")
@@ -255,6 +260,14 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "RunConfig":
+        if self.train.method == "embedding":
+            if self.train.train_text_encoder:
+                raise ValueError("train.method=embedding learns only the identifier's embedding: set train.train_text_encoder=false")
+            if self.train.with_prior_preservation:
+                raise ValueError(
+                    "train.method=embedding leaves the model's weights as they are, so prior images cannot change "
+                    "anything: set train.with_prior_preservation=false"
+                )
         names = [s.name for s in self.subjects]
         if len(set(names)) != len(names):
             raise ValueError("subjects: each subject needs its own `name`")

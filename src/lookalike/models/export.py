@@ -6,6 +6,7 @@ Formats (``export.format``):
     lora-kohya      RUN/export/<run>-lora.safetensors       kohya / A1111 LoRA keys (LoRA runs)
     lora-diffusers  RUN/export/lora-diffusers/pytorch_lora_weights.safetensors
     diffusers       RUN/export/diffusers/                   a pipeline folder (save_pretrained)
+    embedding       RUN/export/embeddings/<identifier>.safetensors  A1111 / ComfyUI textual inversion (embedding runs)
 
 A LoRA run exported as single-file or diffusers gets its LoRA fused into the base model. Every
 export rewrites RUN/export/README.md, listing all files exported there so far.
@@ -33,15 +34,21 @@ def output_paths(run: Run, out_dir: Path) -> dict[str, Path]:
         "lora-kohya": out_dir / f"{stem}-lora.safetensors",
         "lora-diffusers": out_dir / "lora-diffusers" / "pytorch_lora_weights.safetensors",
         "diffusers": out_dir / "diffusers",
+        "embedding": out_dir / "embeddings",
     }
 
 
 def resolve_format(requested: str, method: str) -> str:
     if requested == "auto":
-        return "lora-kohya" if method == "lora" else "single-file"
+        return {"lora": "lora-kohya", "embedding": "embedding"}.get(method, "single-file")
+    if requested == "embedding" and method != "embedding":
+        raise LookalikeError(
+            f"export.format=embedding needs a textual-inversion run (train.method=embedding), but this run's "
+            f"train.method is {method}: use export.format=auto"
+        )
     if requested in LORA_FORMATS and method != "lora":
         raise LookalikeError(
-            f"export.format={requested} needs a LoRA run, but this run is a full fine-tune: "
+            f"export.format={requested} needs a LoRA run, but this run's train.method is {method}: "
             "use export.format=single-file or export.format=diffusers"
         )
     return requested
@@ -102,6 +109,28 @@ def _export_lora_diffusers(run: Run, folder: Path, info: dict, dest: Path, dtype
     return _export_lora(run, folder, info, dest, dtype, kohya=False)
 
 
+def _export_embedding(run: Run, folder: Path, info: dict, dest: Path, dtype: torch.dtype, checkpoint: str | None) -> str:
+    """One A1111 / ComfyUI embedding file per identifier, named after it (the file name is the word to write).
+
+    SD1/SD2 files hold ``emb_params`` (one row); SDXL files hold ``clip_l`` and ``clip_g``, the
+    rows of its two text encoders, the layout both tools read.
+    """
+    from lookalike.models.embedding import read_rows
+    from lookalike.models.export_sd import save_safetensors_atomic
+    from lookalike.models.modelcard import training_metadata
+
+    saved = read_rows(folder)
+    keys = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"} if info["family"] == "sdxl" else {"text_encoder": "emb_params"}
+    names = list(dict.fromkeys(s["identifier"] for s in info["subjects"]))  # rows: one per identifier, in the subjects' order
+    if len(names) != len(saved["text_encoder"][0]):
+        raise LookalikeError(f"{folder} holds {len(saved['text_encoder'][0])} identifier rows for identifiers {names}: train again")
+    dest.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        tensors = {key: saved[encoder][1][i : i + 1].to(dtype).contiguous() for encoder, key in keys.items()}
+        save_safetensors_atomic(tensors, dest / f"{name}.safetensors", training_metadata(info, info["family"]))
+    return f"{len(names)} embedding file(s): {', '.join(f'{n}.safetensors' for n in names)}"
+
+
 def _modelspec(run: Run, family: str, lora: bool = False) -> dict[str, str]:
     """Stability's model-spec header fields, which A1111 and ComfyUI show in their model lists."""
     architecture = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v", "sdxl": "stable-diffusion-xl-v1-base"}
@@ -119,6 +148,7 @@ EXPORTERS: dict[str, Callable[..., str]] = {
     "diffusers": _export_diffusers,
     "lora-kohya": _export_lora_kohya,
     "lora-diffusers": _export_lora_diffusers,
+    "embedding": _export_embedding,
 }
 
 

@@ -80,6 +80,15 @@ def _usage(files: dict[str, Path], family: str, prompt: str, out_dir: Path) -> l
         lines += ["```python", f"from diffusers import {cls}", f'pipe = {cls}.from_pretrained("<base model>")',
                   f'pipe.load_lora_weights("{lora.relative_to(out_dir).as_posix()}")',
                   f'pipe("{prompt}").images[0].save("out.png")', "```", ""]
+    if "embedding" in files:
+        lines += [f"**AUTOMATIC1111 / Forge:** copy the files in `{files['embedding'].name}/` into `embeddings/`; "
+                  "each file's name is the word that calls it, as in the prompt below. **ComfyUI:** "
+                  "`models/embeddings/`, and write `embedding:<name>` for the word. Use them on the base model named above.", ""]
+        first = next(iter(sorted(files["embedding"].glob("*.safetensors"))), None)
+        if first is not None and family != "sdxl":  # SDXL needs one call per text encoder: docs/EXPORT.md
+            lines += ["```python", f"from diffusers import {cls}", f'pipe = {cls}.from_pretrained("<base model>")',
+                      f'pipe.load_textual_inversion("{first.relative_to(out_dir).as_posix()}", token="{first.stem}")',
+                      f'pipe("{prompt}").images[0].save("out.png")', "```", ""]
     if "diffusers" in files:
         lines += ["```python", f"from diffusers import {cls}", f'pipe = {cls}.from_pretrained("{files["diffusers"].name}")',
                   f'pipe("{prompt}").images[0].save("out.png")', "```", ""]

@@ -31,7 +31,7 @@ def trained_folder(run: Run, checkpoint: str | int | Path | None = None) -> Path
 def open_trained(
     run: Run, checkpoint: str | int | Path | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[Any, dict[str, Any]]:
-    """(pipeline, info): the base model with the trained weights (a full pipeline, or LoRA fused in)."""
+    """(pipeline, info): the base model with the trained weights (a full pipeline, LoRA fused in, or identifier embeddings set)."""
     from diffusers import DiffusionPipeline
 
     from lookalike.models.load import load_pipeline
@@ -43,7 +43,13 @@ def open_trained(
         return DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype), info
     base = run.config.model.model_copy(update={"source": info["base_model"]})
     pipeline, _ = load_pipeline(base, dtype)
-    fuse_lora_file(pipeline, folder)
+    if info["method"] == "embedding":
+        from lookalike.models.embedding import load_rows
+
+        encoders = [getattr(pipeline, n) for n in ("text_encoder", "text_encoder_2") if getattr(pipeline, n, None) is not None]
+        load_rows(folder, encoders)
+    else:
+        fuse_lora_file(pipeline, folder)
     return pipeline, info
 
 

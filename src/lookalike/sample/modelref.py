@@ -87,12 +87,12 @@ def _open_trained(run: Run, checkpoint: str | None, dtype: torch.dtype) -> Model
         raise LookalikeError(f"{err}, or set generate.checkpoint=base to render with the untrained base model") from None
     pipeline, info = open_trained(run, checkpoint=checkpoint, dtype=dtype)
     name = run.root.resolve().name + (f"-{checkpoint}" if checkpoint else "")
-    if info["method"] != "lora":
-        return ModelRef(pipeline, info["family"], info["method"], name, info["base_model"], weights_hash(weight_files(folder)), None)
+    if info["method"] == "full":
+        return ModelRef(pipeline, info["family"], "full", name, info["base_model"], weights_hash(weight_files(folder)), None)
     base = run.config.model.model_copy(update={"source": info["base_model"]})
     lora = folder / LORA_FILE
     lora_hash = weights_hash([lora]) if lora.is_file() else None
-    return ModelRef(pipeline, info["family"], "lora", name, info["base_model"], base_hash(base), lora_hash)
+    return ModelRef(pipeline, info["family"], info["method"], name, info["base_model"], base_hash(base), lora_hash)
 
 
 def open_model(run: Run, checkpoint: str | None, dtype: torch.dtype, device: str) -> ModelRef:

@@ -1,14 +1,16 @@
-"""Does personalization really learn? Train the toy person three ways on the bundled toy model and measure.
+"""Does personalization really learn? Train the toy person four ways on the bundled toy model and measure.
 
 ``python -m lookalike.toyworld.quality [--out quality-runs] [--model EXPORT] [--docs docs]`` runs the demo's settings
-(the toy-demo preset and the toy person's six photos: clean-shaven, with glasses) as three run folders:
+(the toy-demo preset and the toy person's six photos: clean-shaven, with glasses) as four run folders:
 
 * ``naive``: priors from "a photo of a man" (the world draws men bearded half the time and seldom
   with glasses), prior-preservation loss on;
 * ``refined``: the audit's refined class prompt (for the shipped model "a photo of a man, light
   skin, black hair, glasses, no hat, green shirt"),
   priors regenerated from it, prior-preservation loss on (what the demo does);
-* ``no-prior``: no priors and no prior-preservation loss.
+* ``no-prior``: no priors and no prior-preservation loss;
+* ``embedding``: textual inversion, only the identifier's token embedding learns
+  (``train.method=embedding``, learning rate 1e-3, no priors: they could not change anything).
 
 Each is trained and evaluated with the ordinary verbs; the eval report gives likeness (toy CLIP-I
 of identifier prompts against the photos), CLIP-T and PRES for the base model and the trained one.
@@ -32,7 +34,7 @@ import torch
 from lookalike.errors import LookalikeError
 from lookalike.run import Run, atomic_write_text
 
-CONDITIONS = ("naive", "refined", "no-prior")
+CONDITIONS = ("naive", "refined", "no-prior", "embedding")
 LEAKAGE_IMAGES = 64  # a share of 64 images: standard error 6 points at most
 # Shared by every condition: a checkpoint only at the end, and more eval samples than the demo's.
 COMMON = ["train.checkpoint_every=1000000", "eval.samples_per_prompt=8", "eval.include_base=true"]
@@ -40,6 +42,7 @@ PER_CONDITION = {
     "naive": ["audit.apply=false", "train.with_prior_preservation=true"],
     "refined": ["audit.apply=true", "train.with_prior_preservation=true"],
     "no-prior": ["train.with_prior_preservation=false"],
+    "embedding": ["train.method=embedding", "train.with_prior_preservation=false", "train.learning_rate=1e-3"],
 }
 
 
@@ -54,7 +57,7 @@ def run_condition(folder: Path, condition: str, overrides: list[str], echo: Call
 
     run = open_demo_run(folder, [*COMMON, *PER_CONDITION[condition], *overrides])
     steps: list[Callable[[Run], object]] = [prepare_run]
-    if condition != "no-prior":
+    if "train.with_prior_preservation=false" not in PER_CONDITION[condition]:
         steps += [generate_priors, audit_run, generate_priors]  # the second is a no-op unless the audit applied a prompt
     steps += [train_run, eval_run]
     for step in steps:
@@ -138,7 +141,7 @@ def photo_attributes(run: Run, judge) -> dict[str, float]:
 
 
 def experiment(out: Path, overrides: list[str] = (), model: Path | None = None, echo: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the three conditions under ``out`` and return every figure; writes quality.json."""
+    """Run (or resume) the four conditions under ``out`` and return every figure; writes quality.json."""
     started = time.perf_counter()
     pointing = model_overrides(model)  # a wrong --model fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +180,8 @@ def markdown(results: dict) -> str:
                 f"| {leak['beard']:.0%} | {leak['no_glasses']:.0%} |")
 
     lines.append(row("base model", base))
-    labels = {"naive": "trained, naive priors", "refined": "trained, refined priors", "no-prior": "trained, no prior loss"}
+    labels = {"naive": "trained, naive priors", "refined": "trained, refined priors", "no-prior": "trained, no prior loss",
+              "embedding": "textual inversion (embedding only)"}
     lines += [row(labels[name], c[name]["trained"]) for name in CONDITIONS]
     photos = results["photos"]
     lines += [
@@ -192,7 +196,7 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="quality-runs", help="folder for the three run folders and quality.json")
+    p.add_argument("--out", default="quality-runs", help="folder for the four run folders and quality.json")
     p.add_argument("--model", type=Path, default=None, help="a build's export folder (pipeline/ and clip/); default: the shipped toy model")
     p.add_argument("--docs", default=None, help="write the figures into DOCS/QUALITY.md")
     p.add_argument("overrides", nargs="*", help="config overrides for every condition, e.g. train.max_steps=400")

@@ -1,7 +1,7 @@
 """Checkpoint folders: the trained model's files plus the state that resumes training exactly.
 
 ``checkpoints/step-000200/`` holds what ``model/`` would hold at that step (a full diffusers
-pipeline, or ``pytorch_lora_weights.safetensors``), ``lookalike.json``, and
+pipeline, ``pytorch_lora_weights.safetensors`` or ``identifier_embeddings.safetensors``), ``lookalike.json``, and
 ``training_state.pt``: optimizer, LR schedule, step and the global RNG state of every process.
 Folders are written whole with :func:`lookalike.run.atomic_dir`, so every ``step-*`` folder that
 exists is complete.
@@ -90,11 +90,16 @@ def model_info(config: RunConfig, source: str, family: str, step: int) -> dict[s
 
 
 def write_model_files(folder: Path, config: RunConfig, parts: Any, trained_encoders: list[Any], step: int) -> None:
-    """The trained model as ``model/`` holds it: a full diffusers pipeline, or diffusers LoRA weights."""
+    """The trained model as ``model/`` holds it: a full diffusers pipeline, diffusers LoRA weights, or identifier embeddings."""
+    from lookalike.models import embedding
     from lookalike.models.lora import save_lora
 
     if config.train.method == "full":
         parts.pipeline.save_pretrained(folder, safe_serialization=True)
+    elif config.train.method == "embedding":
+        identifiers = [s.identifier for s in config.subjects]
+        ids = [embedding.identifier_token_ids(t, identifiers) for t in parts.tokenizers]
+        embedding.save_rows(folder, trained_encoders, ids, parts.tokenizers)
     else:
         save_lora(folder, parts.family, parts.unet, trained_encoders)
     write_info(folder, model_info(config, parts.source, parts.family, step))

@@ -1,4 +1,4 @@
-"""`lookalike train`: one DreamBooth trainer for SD1, SD2 and SDXL, full fine-tune or LoRA, on accelerate.
+"""`lookalike train`: one DreamBooth trainer for SD1, SD2 and SDXL, full fine-tune, LoRA or the identifier's embedding, on accelerate.
 
 Read top to bottom: :meth:`Trainer.setup` checks the options, reads the data, builds the models,
 optimizer and caches, and resumes from the latest checkpoint; :meth:`Trainer.train` runs the
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from lookalike.data.dataset import draw_batch, load_training_set, step_generator
 from lookalike.errors import LookalikeError
-from lookalike.models import lora
+from lookalike.models import embedding, lora
 from lookalike.run import Run, atomic_dir, atomic_write_bytes, stop_summary
 from lookalike.train import checkpoint as ckpt
 from lookalike.train import encode
@@ -99,7 +99,12 @@ class Trainer:
             encoder.requires_grad_(False)
         self.trained_encoders = list(parts.text_encoders) if cfg.train_text_encoder else []
         torch.manual_seed(cfg.seed)  # the initial LoRA A matrices
-        if cfg.method == "lora":
+        if cfg.method == "embedding":
+            parts.unet.requires_grad_(False)
+            self.trained_encoders = list(parts.text_encoders)  # only their identifier rows learn
+            for encoder, ids in zip(self.trained_encoders, self._identifier_ids()):
+                embedding.train_only_rows(encoder, ids)
+        elif cfg.method == "lora":
             lora.add_lora(parts.unet, lora.UNET_TARGETS, cfg.lora_rank, cfg.lora_alpha)
             for encoder in self.trained_encoders:
                 lora.add_lora(encoder, lora.TEXT_ENCODER_TARGETS, cfg.lora_rank, cfg.lora_alpha)
@@ -112,12 +117,16 @@ class Trainer:
                 encoder.gradient_checkpointing_enable()
         self._place_models()
 
+    def _identifier_ids(self) -> list[list[int]]:
+        identifiers = [s.identifier for s in self.run.config.subjects]
+        return [embedding.identifier_token_ids(t, identifiers) for t in self.parts.tokenizers]
+
     def _place_models(self) -> None:
-        """Move everything to the device. With LoRA on a GPU, frozen weights go to half precision (memory);
+        """Move everything to the device. With LoRA or an embedding on a GPU, frozen weights go to half precision (memory);
         trained weights stay float32 so the optimizer's small updates are not rounded away."""
         parts = self.parts
         half = HALF.get(self.cfg.mixed_precision)
-        frozen = half if half and self.cfg.method == "lora" and self.device.type == "cuda" else torch.float32
+        frozen = half if half and self.cfg.method != "full" and self.device.type == "cuda" else torch.float32
         vae_dtype = torch.float32 if parts.vae.config.get("force_upcast") else frozen
         _move(parts.vae, self.device, vae_dtype).eval()
         for encoder in parts.text_encoders:
@@ -133,9 +142,13 @@ class Trainer:
         from diffusers.optimization import get_scheduler
 
         cfg = self.cfg
-        groups = [{"params": _trainable(self.parts.unet), "lr": cfg.learning_rate}]
-        for encoder in self.trained_encoders:
-            groups.append({"params": _trainable(encoder), "lr": cfg.text_encoder_learning_rate or cfg.learning_rate})
+        if cfg.method == "embedding":
+            # No weight decay: AdamW would shrink every row of the table, not only the identifier's.
+            groups = [{"params": _trainable(e), "lr": cfg.learning_rate, "weight_decay": 0.0} for e in self.trained_encoders]
+        else:
+            groups = [{"params": _trainable(self.parts.unet), "lr": cfg.learning_rate}]
+            for encoder in self.trained_encoders:
+                groups.append({"params": _trainable(encoder), "lr": cfg.text_encoder_learning_rate or cfg.learning_rate})
         if cfg.use_8bit_adam:
             import bitsandbytes
 
@@ -148,9 +161,13 @@ class Trainer:
         self.lr_scheduler = get_scheduler(
             schedule, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps
         )
-        self.unet, *self.encoders_in_training, self.optimizer = self.accelerator.prepare(
-            self.parts.unet, *self.trained_encoders, optimizer
-        )
+        if cfg.method == "embedding":  # a frozen UNet gets mixed precision but no gradient sync (DDP refuses it)
+            self.unet = self.accelerator.prepare_model(self.parts.unet, evaluation_mode=True)
+            *self.encoders_in_training, self.optimizer = self.accelerator.prepare(*self.trained_encoders, optimizer)
+        else:
+            self.unet, *self.encoders_in_training, self.optimizer = self.accelerator.prepare(
+                self.parts.unet, *self.trained_encoders, optimizer
+            )
 
     def _setup_caches(self) -> None:
         """Encode every image (and its mirror) and every prompt once, when their encoders are frozen."""
@@ -174,7 +191,9 @@ class Trainer:
                 f"{latest} was trained with method={made_with[0]}, train_text_encoder={made_with[2]} on a "
                 f"{made_with[1]} model; use those settings, or a new run folder to start over"
             )
-        if self.cfg.method == "lora":
+        if self.cfg.method == "embedding":
+            embedding.load_rows(latest, self.trained_encoders)
+        elif self.cfg.method == "lora":
             lora.load_lora_into(latest, self.parts.unet, self.trained_encoders)
         else:
             names = ["unet", *lora.TEXT_ENCODER_NAMES[: len(self.trained_encoders)]]
