@@ -14,7 +14,7 @@ from test_features import save_tiny_clip
 from lookalike.cli import main
 from lookalike.errors import LookalikeError
 from lookalike.prior import probes
-from lookalike.prior.audit import SubjectAudit, apply_refined_prompts, audit_run
+from lookalike.prior.audit import SubjectAudit, apply_refined_prompts, audit_run, since_previous
 from lookalike.prior.checks import open_set
 from lookalike.run import Run, append_jsonl, read_jsonl
 
@@ -67,6 +67,21 @@ def test_finding_reports_the_skew_with_numbers():
     assert beard.line() == 'beard: 54% of 200 priors show "with a beard"; 0 of 6 photos do'
     hat = probes.compare(HAT, choices(10, 190), choices(0, 6), threshold=0.25)
     assert not hat.differs  # 5 points apart
+
+
+def test_a_second_audit_says_whether_the_new_priors_moved_towards_the_photos():
+    previous = {"attributes": [probes.compare(a, choices(*p), choices(*q), 0.25).to_json() for a, p, q in [
+        (BEARD, (28, 72), (0, 6)), (GLASSES, (40, 60), (6, 0)), (HAT, (5, 95), (0, 6))]]}
+    now = [probes.compare(BEARD, choices(53, 47), choices(0, 6), 0.25),  # the refined prompt drew more beards
+           probes.compare(GLASSES, choices(80, 20), choices(6, 0), 0.25),
+           probes.compare(HAT, choices(7, 93), choices(0, 6), 0.25)]  # differed in neither audit: left out
+    assert since_previous(previous, now) == [
+        'beard: "clean-shaven" in 72% -> 47% of priors (6 of 6 photos): further from them',
+        'glasses: "wearing glasses" in 40% -> 80% of priors (6 of 6 photos): closer to the photos',
+    ]
+    level = [probes.compare(BEARD, choices(30, 70), choices(0, 6), 0.25)]
+    assert since_previous(previous, level) == ['beard: "clean-shaven" in 72% -> 70% of priors (6 of 6 photos): no better']
+    assert since_previous({}, now) == []  # a report from before attributes were recorded
 
 
 def test_photos_that_disagree_name_no_option():
@@ -190,6 +205,25 @@ def test_audit_writes_sheets_and_reports_with_working_relative_links(run_root, t
     links = re.findall(r"(?:src|href)='([^']+)'", (audit / "report.html").read_text())
     assert len(links) == 2 + 4  # two sheets, four flagged priors
     assert all((audit / link).exists() for link in links if "missing" not in link and "broken" not in link)
+
+
+def test_an_audit_after_regenerated_priors_compares_with_the_last_one(run_root, tiny_clip, capsys):
+    assert main(["audit", str(run_root), *overrides(tiny_clip)]) == 0
+    first = json.loads((run_root / "audit" / "report.json").read_text())["subjects"][0]
+    assert "since" not in first
+    assert main(["audit", str(run_root), *overrides(tiny_clip)]) == 0  # the same priors: nothing to compare
+    assert "since" not in json.loads((run_root / "audit" / "report.json").read_text())["subjects"][0]
+    manifest = run_root / "priors" / "subject" / "manifest.jsonl"
+    rows = [r | {"prompt": "a photo of a man, clean-shaven"} for r in read_jsonl(manifest)]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    capsys.readouterr()
+    assert main(["audit", str(run_root), *overrides(tiny_clip, "subject.class_prompt=a photo of a man, clean-shaven")]) == 0
+    out = capsys.readouterr().out
+    second = json.loads((run_root / "audit" / "report.json").read_text())["subjects"][0]
+    assert second["since"]["prior_prompts"] == ["a photo of a man"]
+    assert "since the priors of 'a photo of a man':" in out
+    assert all(line in out for line in second["since"]["lines"])
+    assert "Since the priors of" in (run_root / "audit" / "report.html").read_text()
 
 
 def test_apply_writes_the_refined_prompt_into_the_run_config(run_root, tiny_clip):

@@ -2,7 +2,7 @@
 
 prepare the toy person's six photos -> check the identifier -> priors from the naive class prompt
 "a photo of a man" -> the audit flags the beard / glasses skew and refines the prompt -> priors
-regenerated with it -> train (LoRA, prior preservation) -> a style gallery -> an eval report ->
+regenerated with it -> the audit again, saying whether the new priors moved towards the photos -> train (LoRA, prior preservation) -> a style gallery -> an eval report ->
 export. Every step is the ordinary verb on an ordinary run folder, so the demo doubles as a
 worked example: each step prints the command that would run it by hand.
 """
@@ -36,11 +36,19 @@ def _steps() -> list[tuple[str, str, Callable[[Run], object]]]:
         ("priors", "class priors from the naive prompt", generate_priors),
         ("audit", "audit the priors against the photos", audit_run),
         ("priors", "priors again, from the refined prompt", generate_priors),
+        ("audit", "audit the new priors, report only: did the refined prompt take?", _audit_again),
         ("train", "train (LoRA + prior preservation)", train_run),
         ("generate", "the subject in many styles", generate_run),
         ("eval", "score every checkpoint", eval_run),
         ("export", "files for other SD tools", export_run),
     ]
+
+
+def _audit_again(run: Run) -> str:
+    """Report only: the priors were just made from the refined prompt, and training uses them as they are."""
+    from lookalike.prior.audit import audit_run
+
+    return audit_run(run, apply=False)
 
 
 def export_overrides(export: Path) -> list[str]:

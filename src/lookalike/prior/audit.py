@@ -4,11 +4,13 @@ A prior set full of beards teaches a clean-shaven subject a beard. For each subj
 broken, blank and near-duplicate priors, measures attribute shares of priors vs photos with
 zero-shot CLIP probes (:mod:`lookalike.prior.probes`), proposes a refined class prompt, and writes
 ``audit/`` (contact sheets, report.json, report.html). With ``audit.apply=true`` the refined prompt
-becomes ``subject.class_prompt``, so ``lookalike priors RUN`` regenerates the priors with it.
+becomes ``subject.class_prompt``, so ``lookalike priors RUN`` regenerates the priors with it; the
+next audit then says, attribute by attribute, whether the new priors moved towards the photos.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,43 @@ def _subject_json(result: SubjectAudit, applied: bool) -> dict[str, Any]:
     }
 
 
+def since_previous(previous: dict[str, Any], findings: list[probes.Finding]) -> list[str]:
+    """How the subject's own option moved between the previous audit's priors and these, per attribute.
+
+    After the priors were regenerated from a refined prompt this says whether the base model
+    followed it: a prompt naming "clean-shaven" helps only if fewer of the new priors show a beard.
+    Attributes that differed in neither audit are left out; moves within 5 points count as none.
+    """
+    before = {a["attribute"]: a for a in previous.get("attributes", [])}
+    lines = []
+    for f in findings:
+        old, option = before.get(f.attribute), f.subject_option
+        if old is None or option is None or option not in old["options"] or not (old["differs"] or f.differs):
+            continue
+        share = lambda counts, i: counts[i] / max(sum(counts), 1)  # noqa: E731
+        was, now = share(old["prior_counts"], old["options"].index(option)), share(f.prior_counts, f.options.index(option))
+        verdict = "closer to the photos" if now > was + 0.05 else "further from them" if now < was - 0.05 else "no better"
+        k = f.subject_counts[f.options.index(option)]
+        lines.append(f'{f.attribute}: "{option}" in {was:.0%} -> {now:.0%} of priors ({k} of {sum(f.subject_counts)} photos): {verdict}')
+    return lines
+
+
+def _previous_report(run: Run) -> dict[str, dict[str, Any]]:
+    """The last audit's subjects by name, or nothing when there is none (or it cannot be read)."""
+    try:
+        report = json.loads((run.root / "audit" / "report.json").read_text(encoding="utf-8"))
+        return {s["name"]: s for s in report["subjects"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _with_history(entry: dict[str, Any], previous: dict[str, Any] | None, result: SubjectAudit) -> dict[str, Any]:
+    """Add ``since``: the comparison with the previous audit, when the priors were made from other prompts since."""
+    if previous is not None and previous.get("prior_prompts") != entry["prior_prompts"]:
+        entry["since"] = {"prior_prompts": previous["prior_prompts"], "lines": since_previous(previous, result.findings)}
+    return entry
+
+
 def apply_refined_prompts(run: Run, results: list[SubjectAudit]) -> list[str]:
     """Write refined class prompts into the run's config; names of the subjects changed."""
     changed = []
@@ -118,7 +157,8 @@ def apply_refined_prompts(run: Run, results: list[SubjectAudit]) -> list[str]:
     return changed
 
 
-def audit_run(run: Run) -> str:
+def audit_run(run: Run, apply: bool | None = None) -> str:
+    """Audit every subject's priors; ``apply`` (default ``audit.apply``) writes the refined prompts into the config."""
     run.emit(VERB, "start")
     sets = {s.name: open_sets(run, s) for s in run.config.subjects}
     clip = open_clip(clip_source(run), batch_size=run.config.audit.batch_size)
@@ -130,11 +170,13 @@ def audit_run(run: Run) -> str:
         run.emit(VERB, "subject", name=subject.name, differs=sum(f.differs for f in results[-1].findings))
     if run.stop_requested():
         return _stopped(run, len(results))
-    applying = run.config.audit.apply
+    applying = run.config.audit.apply if apply is None else apply
+    previous = _previous_report(run)
     report = {
         "clip_model": clip_source(run),
         "threshold": run.config.audit.threshold,
-        "subjects": [_subject_json(r, applying and r.changes_prompt) for r in results],
+        "subjects": [_with_history(_subject_json(r, applying and r.changes_prompt), previous.get(r.subject.name), r)
+                     for r in results],
     }
     with atomic_dir(run.root / "audit") as folder:
         sheets = {}
@@ -159,6 +201,9 @@ def summary(run: Run, report: dict[str, Any], changed: list[str]) -> str:
         out.append(f"{s['name']}: {s['priors']} priors vs {s['photos']} photos ({s['class_prompt']})")
         out += [f"  {line}" for line in s["lines"]] or ["  priors and photos agree on every probed attribute"]
         out.append("  flagged priors: " + ", ".join(f"{n} {p}" for p, n in counts.items()))
+        if "since" in s:
+            out.append(f"  since the priors of {' / '.join(repr(p) for p in s['since']['prior_prompts'])}:")
+            out += [f"    {line}" for line in s["since"]["lines"]] or ["    no attribute differed in either audit"]
         if s["refined_class_prompt"] != s["class_prompt"]:
             out.append(f"  refined class prompt: {s['refined_class_prompt']}")
     if changed:

@@ -74,6 +74,15 @@ def _flags_list(subject: dict[str, Any]) -> str:
     return "<ul>" + "".join(items) + "</ul>"
 
 
+def _since_section(subject: dict[str, Any]) -> str:
+    if "since" not in subject:
+        return ""
+    esc = html.escape
+    before = " / ".join(f"<code>{esc(p)}</code>" for p in subject["since"]["prior_prompts"])
+    items = "".join(f"<li>{esc(line)}</li>" for line in subject["since"]["lines"]) or "<li>No attribute differed in either audit.</li>"
+    return f"<h3>Since the priors of {before}</h3><ul>{items}</ul>"
+
+
 def _subject_section(subject: dict[str, Any]) -> str:
     esc = html.escape
     lines = "".join(f"<li>{esc(line)}</li>" for line in subject["lines"]) or "<li>Priors and photos agree on every attribute.</li>"
@@ -83,6 +92,7 @@ def _subject_section(subject: dict[str, Any]) -> str:
         f"<ul>{lines}</ul>"
         f"<p>Refined class prompt: <code>{esc(subject['refined_class_prompt'])}</code>"
         f"{' (written to the config)' if subject['applied'] else ''}</p>"
+        f"{_since_section(subject)}"
         f"{_attribute_table(subject['attributes'])}"
         f"<h3>Flagged priors</h3>{_flags_list(subject)}"
         f"<h3>Priors</h3><img src='{esc(subject['sheets']['priors'])}' alt='priors contact sheet'>"
