@@ -34,8 +34,9 @@ def identifier_token_ids(tokenizer: Any, identifiers: list[str]) -> list[int]:
     for word in identifiers:
         check = check_identifier(tokenizer, word)
         if not check.single_token or check.token_ids[0] == tokenizer.unk_token_id:
+            seen = "is unknown to the tokenizer" if check.single_token else f"splits into {' + '.join(check.tokens)}"
             raise LookalikeError(
-                f"train.method=embedding learns the identifier's own token, but {check.describe()}; "
+                f"train.method=embedding learns the identifier's own token, but {word!r} {seen}: "
                 "pick a single-token identifier with `lookalike identifier RUN`"
             )
         if check.token_ids[0] not in ids:
