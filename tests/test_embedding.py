@@ -117,7 +117,7 @@ def test_a_split_identifier_stops_training_before_anything_is_written(tmp_path, 
 
 def test_formats_that_do_not_fit_the_training_method_are_refused():
     assert resolve_format("single-file", "embedding") == "single-file"  # the rows fused into the text encoder
-    with pytest.raises(LookalikeError, match="train.method is embedding"):
+    with pytest.raises(LookalikeError, match="train.method is embedding: use export.format=embedding, export.format=single-file"):
         resolve_format("lora-kohya", "embedding")
     with pytest.raises(LookalikeError, match="needs a textual-inversion run .* train.method is lora"):
         resolve_format("embedding", "lora")

@@ -48,8 +48,8 @@ def resolve_format(requested: str, method: str) -> str:
         )
     if requested in LORA_FORMATS and method != "lora":
         raise LookalikeError(
-            f"export.format={requested} needs a LoRA run, but this run's train.method is {method}: "
-            "use export.format=single-file or export.format=diffusers"
+            f"export.format={requested} needs a LoRA run, but this run's train.method is {method}: use "
+            + ("export.format=embedding, " if method == "embedding" else "") + "export.format=single-file or export.format=diffusers"
         )
     return requested
 
