@@ -224,6 +224,9 @@ def test_an_audit_after_regenerated_priors_compares_with_the_last_one(run_root, 
     assert "since the priors of 'a photo of a man':" in out
     assert all(line in out for line in second["since"]["lines"])
     assert "Since the priors of" in (run_root / "audit" / "report.html").read_text()
+    assert main(["audit", str(run_root), *overrides(tiny_clip, "subject.class_prompt=a photo of a man, clean-shaven")]) == 0
+    again = json.loads((run_root / "audit" / "report.json").read_text())["subjects"][0]  # the same priors, audited again
+    assert again["since"] == second["since"]
 
 
 def test_apply_writes_the_refined_prompt_into_the_run_config(run_root, tiny_clip):

@@ -139,9 +139,20 @@ def _previous_report(run: Run) -> dict[str, dict[str, Any]]:
 
 
 def _with_history(entry: dict[str, Any], previous: dict[str, Any] | None, result: SubjectAudit) -> dict[str, Any]:
-    """Add ``since``: the comparison with the previous audit, when the priors were made from other prompts since."""
-    if previous is not None and previous.get("prior_prompts") != entry["prior_prompts"]:
-        entry["since"] = {"prior_prompts": previous["prior_prompts"], "lines": since_previous(previous, result.findings)}
+    """Add ``since``: the comparison with the audit of the priors made from other prompts before these.
+
+    That is the previous audit when the priors changed since; when they did not (an audit run
+    again), the previous audit's own comparison is carried forward, so it is not lost.
+    """
+    if previous is None:
+        return entry
+    if previous.get("prior_prompts") != entry["prior_prompts"]:
+        earlier = {"prior_prompts": previous.get("prior_prompts", []), "attributes": previous.get("attributes", [])}
+    elif "since" in previous:
+        earlier = previous["since"]
+    else:
+        return entry
+    entry["since"] = {**earlier, "lines": since_previous(earlier, result.findings)}
     return entry
 
 
