@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from lookalike.errors import LookalikeError
+from lookalike.models.lora import TEXT_ENCODER_NAMES as ENCODER_NAMES
 
 WEIGHT_NAME = "identifier_embeddings.safetensors"
-ENCODER_NAMES = ("text_encoder", "text_encoder_2")
 
 
 def identifier_token_ids(tokenizer: Any, identifiers: list[str]) -> list[int]:
@@ -42,6 +42,17 @@ def identifier_token_ids(tokenizer: Any, identifiers: list[str]) -> list[int]:
         if check.token_ids[0] not in ids:
             ids.append(check.token_ids[0])
     return ids
+
+
+def token_ids_per_tokenizer(tokenizers: list[Any], subjects: list[Any]) -> list[list[int]]:
+    """The subjects' identifier token ids on each tokenizer (one list per text encoder)."""
+    identifiers = [s.identifier for s in subjects]
+    return [identifier_token_ids(t, identifiers) for t in tokenizers]
+
+
+def pipeline_encoders(pipeline: Any) -> list[torch.nn.Module]:
+    """The pipeline's text encoders, in the order the rows are saved."""
+    return [e for e in (getattr(pipeline, n, None) for n in ENCODER_NAMES) if e is not None]
 
 
 def train_only_rows(encoder: torch.nn.Module, token_ids: list[int]) -> torch.nn.Parameter:

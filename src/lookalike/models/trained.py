@@ -44,10 +44,9 @@ def open_trained(
     base = run.config.model.model_copy(update={"source": info["base_model"]})
     pipeline, _ = load_pipeline(base, dtype)
     if info["method"] == "embedding":
-        from lookalike.models.embedding import load_rows
+        from lookalike.models.embedding import load_rows, pipeline_encoders
 
-        encoders = [getattr(pipeline, n) for n in ("text_encoder", "text_encoder_2") if getattr(pipeline, n, None) is not None]
-        load_rows(folder, encoders)
+        load_rows(folder, pipeline_encoders(pipeline))
     else:
         fuse_lora_file(pipeline, folder)
     return pipeline, info

@@ -116,12 +116,12 @@ def since_previous(previous: dict[str, Any], findings: list[probes.Finding]) -> 
     Attributes that differed in neither audit are left out; moves within 5 points count as none.
     """
     before = {a["attribute"]: a for a in previous.get("attributes", [])}
+    share = lambda counts, i: counts[i] / max(sum(counts), 1)  # noqa: E731
     lines = []
     for f in findings:
         old, option = before.get(f.attribute), f.subject_option
         if old is None or option is None or option not in old["options"] or not (old["differs"] or f.differs):
             continue
-        share = lambda counts, i: counts[i] / max(sum(counts), 1)  # noqa: E731
         was, now = share(old["prior_counts"], old["options"].index(option)), share(f.prior_counts, f.options.index(option))
         verdict = "closer to the photos" if now > was + 0.05 else "further from them" if now < was - 0.05 else "no better"
         k = f.subject_counts[f.options.index(option)]

@@ -97,8 +97,7 @@ def write_model_files(folder: Path, config: RunConfig, parts: Any, trained_encod
     if config.train.method == "full":
         parts.pipeline.save_pretrained(folder, safe_serialization=True)
     elif config.train.method == "embedding":
-        identifiers = [s.identifier for s in config.subjects]
-        ids = [embedding.identifier_token_ids(t, identifiers) for t in parts.tokenizers]
+        ids = embedding.token_ids_per_tokenizer(parts.tokenizers, config.subjects)
         embedding.save_rows(folder, trained_encoders, ids, parts.tokenizers)
     else:
         save_lora(folder, parts.family, parts.unet, trained_encoders)

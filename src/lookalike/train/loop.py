@@ -102,7 +102,8 @@ class Trainer:
         if cfg.method == "embedding":
             parts.unet.requires_grad_(False)
             self.trained_encoders = list(parts.text_encoders)  # only their identifier rows learn
-            for encoder, ids in zip(self.trained_encoders, self._identifier_ids()):
+            token_ids = embedding.token_ids_per_tokenizer(parts.tokenizers, self.run.config.subjects)
+            for encoder, ids in zip(self.trained_encoders, token_ids):
                 embedding.train_only_rows(encoder, ids)
         elif cfg.method == "lora":
             lora.add_lora(parts.unet, lora.UNET_TARGETS, cfg.lora_rank, cfg.lora_alpha)
@@ -116,10 +117,6 @@ class Trainer:
             for encoder in self.trained_encoders:
                 encoder.gradient_checkpointing_enable()
         self._place_models()
-
-    def _identifier_ids(self) -> list[list[int]]:
-        identifiers = [s.identifier for s in self.run.config.subjects]
-        return [embedding.identifier_token_ids(t, identifiers) for t in self.parts.tokenizers]
 
     def _place_models(self) -> None:
         """Move everything to the device. With LoRA or an embedding on a GPU, frozen weights go to half precision (memory);
