@@ -281,4 +281,7 @@ def test_an_empty_caption_fails_and_keeps_the_previous_set(tmp_path, photo_folde
     (folder / "c.txt").write_text(" \n", encoding="utf-8")
     with pytest.raises(LookalikeError, match=r"caption .*c\.txt is empty: write the photo's context"):
         _prepare(_open(tmp_path, folder))
+    (folder / "c.txt").write_bytes("à la plage".encode("latin-1"))
+    with pytest.raises(LookalikeError, match=r"caption .*c\.txt is not UTF-8 text"):
+        _prepare(_open(tmp_path, folder))
     assert _snapshot(run.instance_dir("subject")) == previous
