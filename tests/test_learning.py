@@ -19,7 +19,7 @@ CLIP_T_DROP = 0.03  # trained may lose at most this much prompt following (CLIP-
 PRES_MARGIN = 0.01  # PRES without the prior loss exceeds PRES with it by at least this much
 LEAK_MARGIN = 0.10  # refined priors: at least 10 points fewer beards plus lost glasses than naive
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # one experiment: about 15 minutes (measured 15 min 13 s, 2026-12-03)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # one experiment: about 15 minutes (measured 15 min 24 s, 2026-12-03)
 
 
 def missed(measured: str):
@@ -73,8 +73,10 @@ def test_the_audit_names_the_subject_clean_shaven(quality):
     assert "clean-shaven" in refined(quality)["class_prompt"].split(", ")
 
 
-@missed("bearded + without glasses: naive 80% + 0%, refined 78% + 2%, no fewer (no prior loss 67% + 2%)")
+@missed("bearded + without glasses, paired reading: naive 66% + 0%, refined 66% + 6%, no fewer (no prior loss 47% + 0%)")
 def test_refined_priors_leak_fewer_beards_and_lost_glasses_than_naive_ones(quality):
-    naive = quality["conditions"]["naive"]["trained"]["leakage"]
+    """Read against the subject's own renders through the VAE (lookalike.toyworld.leakage): the probes
+    misread the VAE's smeared glasses as a beard on half of his own photos."""
+    naive = quality["conditions"]["naive"]["trained"]["leakage"]["paired"]
     leak = lambda r: r["beard"] + r["no_glasses"]  # noqa: E731
-    assert leak(refined(quality)["trained"]["leakage"]) <= leak(naive) - LEAK_MARGIN, (naive, refined(quality))
+    assert leak(refined(quality)["trained"]["leakage"]["paired"]) <= leak(naive) - LEAK_MARGIN, (naive, refined(quality))

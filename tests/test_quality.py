@@ -31,6 +31,10 @@ def test_experiment_measures_every_condition_and_writes_the_table(tmp_path, monk
         for row in (condition["base"], condition["trained"]):
             assert all(-1 <= row[k] <= 1 for k in ("likeness", "clip_t", "pres"))
             assert row["leakage"]["images"] == 2 and 0 <= row["leakage"]["beard"] <= 1
+            assert set(row["leakage"]["paired"]) == {"beard", "no_glasses"}
+            assert all(v in (0, 0.5, 1) for v in row["leakage"]["paired"].values())  # a share of 2 images
+    assert set(results["paired_check"]) == {"as is", "beard", "no_glasses"}
+    assert set(results["photos"]["through_vae"]) == {"beard", "no_glasses"}
     assert results["conditions"]["naive"]["class_prompt"] == "a photo of a man"
     refined = results["conditions"]["refined"]["class_prompt"]  # probed with the toy words, whatever it found
     assert set(refined.replace(",", " ").replace("-", " - ").split()) <= caption_words()

@@ -14,8 +14,10 @@
 
 Each is trained and evaluated with the ordinary verbs; the eval report gives likeness (toy CLIP-I
 of identifier prompts against the photos), CLIP-T and PRES for the base model and the trained one.
-Leakage is measured on top: the share of "a photo of ohwx man" generations that the toy CLIP judges
-bearded, or without glasses. The figures go to ``<out>/quality.json`` and, with ``--docs``, into
+Leakage is measured on top: the share of "a photo of ohwx man" generations that look bearded, or
+without glasses, read two ways: against the subject's own renders drawn through the toy VAE
+(:mod:`lookalike.toyworld.leakage`, the paired reading the learning test uses) and by the toy
+CLIP's zero-shot probes (which misread the VAE's smeared glasses as a beard). The figures go to ``<out>/quality.json`` and, with ``--docs``, into
 the measured section of docs/QUALITY.md. ``--model`` measures a build's export folder (holding
 ``pipeline/`` and ``clip/``) instead of the shipped toy model: how a new build is judged before it ships.
 """
@@ -76,15 +78,18 @@ def bearded_and_without_glasses(judge, images: list[np.ndarray]) -> dict[str, fl
 
 
 @torch.no_grad()
-def leakage(pipeline, judge, prompt: str, count: int, steps: int, guidance: float) -> dict[str, float]:
-    """Share of ``count`` generations of ``prompt`` judged bearded, and judged without glasses."""
+def leakage(pipeline, judge, prompt: str, count: int, steps: int, guidance: float, reader=None) -> dict:
+    """Share of ``count`` generations of ``prompt`` judged bearded, and judged without glasses, by
+    the zero-shot probes; with ``reader`` (:class:`lookalike.toyworld.leakage.PairedReader`) the
+    paired reading against the subject's own renders too, under ``paired``."""
     pipeline.set_progress_bar_config(disable=True)
     images = []
     for start in range(0, count, 16):
         gen = torch.Generator().manual_seed(1000 + start)
         out = pipeline([prompt] * min(16, count - start), num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="np")
         images += [(img * 255).round().astype(np.uint8) for img in out.images]
-    return bearded_and_without_glasses(judge, images) | {"images": count}
+    paired = {"paired": reader.read(images)} if reader is not None else {}
+    return bearded_and_without_glasses(judge, images) | paired | {"images": count}
 
 
 def model_overrides(model: Path | None) -> list[str]:
@@ -113,13 +118,13 @@ def report_row(run: Run, trained: bool) -> dict:
     return {"step": row["step"], "likeness": m["clip_i"], "clip_t": m["clip_t"], "pres": m["pres"], "div_feat": m["div_feat"]}
 
 
-def instance_leakage(run: Run, pipeline, judge) -> dict[str, float]:
+def instance_leakage(run: Run, pipeline, judge, reader=None) -> dict:
     """Leakage of the run's instance prompt in ``pipeline``'s generations, sampled as eval samples."""
     prompt = run.config.subjects[0].resolved_instance_prompt()
-    return leakage(pipeline, judge, prompt, LEAKAGE_IMAGES, run.config.eval.steps, run.config.eval.guidance_scale)
+    return leakage(pipeline, judge, prompt, LEAKAGE_IMAGES, run.config.eval.steps, run.config.eval.guidance_scale, reader)
 
 
-def measure(run: Run, judge, base_leakage: dict[str, float]) -> dict:
+def measure(run: Run, judge, base_leakage: dict, reader) -> dict:
     """The condition's trained model against its base: eval metrics, and leakage of the instance prompt.
     The base model is the same in every condition, so its leakage is measured once, by the caller."""
     from lookalike.models.trained import open_trained
@@ -128,16 +133,20 @@ def measure(run: Run, judge, base_leakage: dict[str, float]) -> dict:
     return {
         "class_prompt": run.config.subjects[0].resolved_class_prompt(),
         "base": report_row(run, trained=False) | {"leakage": base_leakage},
-        "trained": report_row(run, trained=True) | {"leakage": instance_leakage(run, trained_pipeline, judge)},
+        "trained": report_row(run, trained=True) | {"leakage": instance_leakage(run, trained_pipeline, judge, reader)},
     }
 
 
-def photo_attributes(run: Run, judge) -> dict[str, float]:
-    """The judge on the subject's own photos: the same probes should call them clean-shaven, with glasses."""
+def photo_attributes(run: Run, judge, vae) -> dict:
+    """The probes on the subject's own photos (they should call them clean-shaven, with glasses), and
+    on the same photos passed through the VAE (``through_vae``): what the probes make of the subject
+    drawn as well as the toy model can draw him."""
     from lookalike.metrics.evaluate import subject_photos
+    from lookalike.toyworld.leakage import vae_round_trip
 
     photos = [np.asarray(p.convert("RGB")) for p in subject_photos(run, run.config.subjects[0])]
-    return bearded_and_without_glasses(judge, photos) | {"photos": len(photos)}
+    through_vae = bearded_and_without_glasses(judge, vae_round_trip(vae, photos))
+    return bearded_and_without_glasses(judge, photos) | {"through_vae": through_vae, "photos": len(photos)}
 
 
 def experiment(out: Path, overrides: list[str] = (), model: Path | None = None, echo: Callable[[str], None] = print) -> dict:
@@ -148,19 +157,27 @@ def experiment(out: Path, overrides: list[str] = (), model: Path | None = None, 
     runs = {c: run_condition(out / c, c, [*pointing, *overrides], echo) for c in CONDITIONS}
     from lookalike.models.load import load_pipeline
 
+    from lookalike.toyworld.leakage import PairedReader
+
     judge = open_judge(model)
     base_pipeline, _ = load_pipeline(runs["refined"].config.model, torch.float32)
-    base_leakage = instance_leakage(runs["refined"], base_pipeline, judge)
-    del base_pipeline
+    reader = PairedReader(judge, base_pipeline.vae)  # the VAE is the base model's in every condition
+    base_leakage = instance_leakage(runs["refined"], base_pipeline, judge, reader)
     results = {
         "model": str(model) if model is not None else "toy",
         "settings": {"overrides": [*COMMON, *overrides], "leakage_images": LEAKAGE_IMAGES},
-        "photos": photo_attributes(runs["refined"], judge),
-        "conditions": {c: measure(run, judge, base_leakage) for c, run in runs.items()},
+        "photos": photo_attributes(runs["refined"], judge, base_pipeline.vae),
+        "paired_check": reader.check(),
+        "conditions": {c: measure(run, judge, base_leakage, reader) for c, run in runs.items()},
     }
+    del base_pipeline
     results["seconds"] = round(time.perf_counter() - started)
     atomic_write_text(out / "quality.json", json.dumps(results, indent=1) + "\n")
     return results
+
+
+def share_pair(leak: dict) -> str:
+    return f"{leak['beard']:.0%} / {leak['no_glasses']:.0%}"
 
 
 def markdown(results: dict) -> str:
@@ -168,28 +185,33 @@ def markdown(results: dict) -> str:
     base = c["refined"]["base"]
     lines = [
         f"Measured by `python -m lookalike.toyworld.quality` on {results['model']} in {results['seconds'] / 60:.1f} min "
-        f"(2-core CPU), settings: the toy-demo preset plus `{' '.join(results['settings']['overrides'])}`.",
+        f"(2-core CPU; a folder's conditions trained before are reused, not retrained), settings: the toy-demo preset plus `{' '.join(results['settings']['overrides'])}`.",
         "",
-        "| model | likeness (toy CLIP-I) | CLIP-T | PRES | DIV-feat | bearded | without glasses |",
+        "| model | likeness (toy CLIP-I) | CLIP-T | PRES | DIV-feat | bearded / without glasses: paired | probes |",
         "|---|---|---|---|---|---|---|",
     ]
 
     def row(name: str, r: dict) -> str:
         leak = r["leakage"]
         return (f"| {name} | {r['likeness']:.3f} | {r['clip_t']:.3f} | {r['pres']:.3f} | {r['div_feat']:.3f} "
-                f"| {leak['beard']:.0%} | {leak['no_glasses']:.0%} |")
+                f"| {share_pair(leak['paired'])} | {share_pair(leak)} |")
 
     lines.append(row("base model", base))
     labels = {"naive": "trained, naive priors", "refined": "trained, refined priors", "no-prior": "trained, no prior loss",
               "embedding": "textual inversion (embedding only)"}
     lines += [row(labels[name], c[name]["trained"]) for name in CONDITIONS]
-    photos = results["photos"]
+    photos, check = results["photos"], results["paired_check"]
     lines += [
         "",
         f"Bearded / without glasses: share of {results['settings']['leakage_images']} generations of the instance "
-        f"prompt judged so by the toy CLIP (the subject is neither; the same probes call {photos['beard']:.0%} / "
-        f"{photos['no_glasses']:.0%} of its {photos['photos']} photos so). Naive class prompt: "
-        f"`{c['naive']['class_prompt']}`; refined: `{c['refined']['class_prompt']}`.",
+        "prompt; the subject is neither. *Paired* (`lookalike.toyworld.leakage`, what the leakage test reads): nearer "
+        "the subject with a beard (without glasses) than the subject as he is, both drawn through the toy VAE; on "
+        f"held-out renders through the VAE it reads {share_pair(check['as is'])} of the subject as he is, "
+        f"{check['beard']['beard']:.0%} of him bearded as bearded and {check['no_glasses']['no_glasses']:.0%} of him "
+        "without glasses as without. *Probes*: the toy CLIP's zero-shot probes, which call "
+        f"{share_pair(photos)} of the {photos['photos']} photos so, and {share_pair(photos['through_vae'])} of the "
+        f"same photos passed through the VAE. Naive class prompt: `{c['naive']['class_prompt']}`; "
+        f"refined: `{c['refined']['class_prompt']}`.",
     ]
     return "\n".join(lines)
 
