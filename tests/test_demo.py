@@ -39,3 +39,16 @@ def test_demo_refuses_a_bad_override_before_doing_anything(tmp_path, capsys):
     assert main(["demo", str(tmp_path / "demo"), "train.max_steps=zero"]) == 2
     assert "train.max_steps" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_demo_folder_opened_again_keeps_its_refined_class_prompt(tmp_path):
+    from lookalike.demo import open_demo_run
+
+    run = open_demo_run(tmp_path / "demo")
+    assert run.subject().class_prompt == "a photo of a {class_noun}"  # the preset's naive prompt
+    run.subject().class_prompt = "a photo of a {class_noun}, glasses"  # as `audit.apply` writes it
+    run.save_config()
+    again = open_demo_run(tmp_path / "demo", ["train.max_steps=7"])
+    assert again.subject().class_prompt == "a photo of a {class_noun}, glasses"
+    assert again.config.train.max_steps == 7 and again.config.train.lora_rank == 16  # overrides, and the preset's values
+    assert open_demo_run(tmp_path / "other").subject().class_prompt == "a photo of a {class_noun}"

@@ -58,11 +58,16 @@ def export_overrides(export: Path) -> list[str]:
 
 
 def open_demo_run(folder: Path | str, overrides: list[str] = ()) -> Run:
-    """The demo's run folder: the toy-demo preset, the bundled subject's photos, your overrides."""
+    """The demo's run folder: the toy-demo preset, the bundled subject's photos, your overrides.
+
+    A folder the demo made before keeps its own config.toml (the preset's values, and the class
+    prompt the audit refined), so running the demo again resumes the story instead of going back to
+    the naive prompt and making both prior sets again."""
     from lookalike.toyworld import subject_dir
 
     base = [f"subject.photos={subject_dir(DEMO_SUBJECT)}", f"eval.prompts_file={EVAL_PROMPTS}"]
-    return Run.open(folder, preset=DEMO_PRESET, overrides=[*base, *overrides])
+    made_before = (Path(folder) / "config.toml").is_file()
+    return Run.open(folder, preset=None if made_before else DEMO_PRESET, overrides=[*base, *overrides])
 
 
 def demo_run(run: Run, echo: Callable[[str], None] = print) -> str:
