@@ -1,6 +1,7 @@
 """The prior audit: probe statistics and prompt refinement on given probe results, image flags on
 real files, and the verb end to end with a tiny random CLIP (files written, flags, errors)."""
 
+import html
 import json
 import re
 import shutil
@@ -14,7 +15,8 @@ from test_features import save_tiny_clip
 from lookalike.cli import main
 from lookalike.errors import LookalikeError
 from lookalike.prior import probes
-from lookalike.prior.audit import SubjectAudit, apply_refined_prompts, audit_run, since_previous
+from lookalike.prior.audit import SubjectAudit, apply_refined_prompts, audit_run, not_followed, since_previous
+from lookalike.prior.audit_report import not_followed_hint
 from lookalike.prior.checks import open_set
 from lookalike.run import Run, append_jsonl, read_jsonl
 
@@ -82,6 +84,29 @@ def test_a_second_audit_says_whether_the_new_priors_moved_towards_the_photos():
     level = [probes.compare(BEARD, choices(30, 70), choices(0, 6), 0.25)]
     assert since_previous(previous, level) == ['beard: "clean-shaven" in 72% -> 70% of priors (6 of 6 photos): no better']
     assert since_previous({}, now) == []  # a report from before attributes were recorded
+    assert not_followed(previous, now) == ["beard"]  # glasses moved closer; the beard still differs, and went further
+    assert not_followed(previous, level) == ["beard"]  # no better, still 70 points apart
+    agrees = [probes.compare(BEARD, choices(5, 95), choices(0, 6), 0.25)]
+    assert not_followed(previous, agrees) == []  # closer, and within the threshold now
+    hint = not_followed_hint(["beard", "hat"])
+    assert "did not follow the prompt on beard, hat" in hint and "subject.class_images=" in hint
+
+
+def test_the_summary_and_the_page_tell_what_to_do_when_the_prompt_did_not_take(tmp_path):
+    from types import SimpleNamespace
+
+    from lookalike.prior.audit import summary
+    from lookalike.prior.audit_report import _since_section
+
+    subject = {"name": "me", "priors": 100, "photos": 6, "class_prompt": "a photo of a man, clean-shaven",
+               "refined_class_prompt": "a photo of a man, clean-shaven", "lines": [], "flags": [],
+               "since": {"prior_prompts": ["a photo of a man"], "lines": ["beard: ... further from them"], "not_followed": ["beard"]}}
+    hint = not_followed_hint(["beard"])
+    assert hint in summary(SimpleNamespace(root=tmp_path), {"subjects": [subject]}, [])
+    assert html.escape(hint) in _since_section(subject)
+    followed = {**subject, "since": {**subject["since"], "not_followed": []}}
+    assert "did not follow" not in summary(SimpleNamespace(root=tmp_path), {"subjects": [followed]}, [])
+    assert "did not follow" not in _since_section(followed)
 
 
 def test_photos_that_disagree_name_no_option():
@@ -224,6 +249,7 @@ def test_an_audit_after_regenerated_priors_compares_with_the_last_one(run_root, 
     assert "since the priors of 'a photo of a man':" in out
     assert all(line in out for line in second["since"]["lines"])
     assert "Since the priors of" in (run_root / "audit" / "report.html").read_text()
+    assert isinstance(second["since"]["not_followed"], list)
     assert main(["audit", str(run_root), *overrides(tiny_clip, "subject.class_prompt=a photo of a man, clean-shaven")]) == 0
     again = json.loads((run_root / "audit" / "report.json").read_text())["subjects"][0]  # the same priors, audited again
     assert again["since"] == second["since"]

@@ -19,7 +19,7 @@ from lookalike import config as cfg
 from lookalike.errors import LookalikeError
 from lookalike.metrics.features import ClipEmbedder, open_clip
 from lookalike.prior import probes
-from lookalike.prior.audit_report import contact_sheet, write_report
+from lookalike.prior.audit_report import contact_sheet, not_followed_hint, write_report
 from lookalike.prior.checks import ImageSet, open_set
 from lookalike.run import Run, Stopped, atomic_dir, read_jsonl
 from lookalike.toyworld import is_toy_clip
@@ -108,16 +108,11 @@ def _subject_json(result: SubjectAudit, applied: bool) -> dict[str, Any]:
     }
 
 
-def since_previous(previous: dict[str, Any], findings: list[probes.Finding]) -> list[str]:
-    """How the subject's own option moved between the previous audit's priors and these, per attribute.
-
-    After the priors were regenerated from a refined prompt this says whether the base model
-    followed it: a prompt naming "clean-shaven" helps only if fewer of the new priors show a beard.
-    Attributes that differed in neither audit are left out; moves within 5 points count as none.
-    """
+def _moves(previous: dict[str, Any], findings: list[probes.Finding]) -> list[tuple[probes.Finding, str, str]]:
+    """(finding, line, verdict) per attribute that differed in either audit; see :func:`since_previous`."""
     before = {a["attribute"]: a for a in previous.get("attributes", [])}
     share = lambda counts, i: counts[i] / max(sum(counts), 1)  # noqa: E731
-    lines = []
+    moves = []
     for f in findings:
         old, option = before.get(f.attribute), f.subject_option
         if old is None or option is None or option not in old["options"] or not (old["differs"] or f.differs):
@@ -125,8 +120,25 @@ def since_previous(previous: dict[str, Any], findings: list[probes.Finding]) -> 
         was, now = share(old["prior_counts"], old["options"].index(option)), share(f.prior_counts, f.options.index(option))
         verdict = "closer to the photos" if now > was + 0.05 else "further from them" if now < was - 0.05 else "no better"
         k = f.subject_counts[f.options.index(option)]
-        lines.append(f'{f.attribute}: "{option}" in {was:.0%} -> {now:.0%} of priors ({k} of {sum(f.subject_counts)} photos): {verdict}')
-    return lines
+        line = f'{f.attribute}: "{option}" in {was:.0%} -> {now:.0%} of priors ({k} of {sum(f.subject_counts)} photos): {verdict}'
+        moves.append((f, line, verdict))
+    return moves
+
+
+def since_previous(previous: dict[str, Any], findings: list[probes.Finding]) -> list[str]:
+    """How the subject's own option moved between the previous audit's priors and these, per attribute.
+
+    After the priors were regenerated from a refined prompt this says whether the base model
+    followed it: a prompt naming "clean-shaven" helps only if fewer of the new priors show a beard.
+    Attributes that differed in neither audit are left out; moves within 5 points count as none.
+    """
+    return [line for _, line, _ in _moves(previous, findings)]
+
+
+def not_followed(previous: dict[str, Any], findings: list[probes.Finding]) -> list[str]:
+    """Attributes that still differ from the photos and did not move towards them since ``previous``:
+    where the base model ignored the prompt, so regenerating again will not fix the priors."""
+    return [f.attribute for f, _, verdict in _moves(previous, findings) if f.differs and verdict != "closer to the photos"]
 
 
 def _previous_report(run: Run) -> dict[str, dict[str, Any]]:
@@ -152,7 +164,8 @@ def _with_history(entry: dict[str, Any], previous: dict[str, Any] | None, result
         earlier = previous["since"]
     else:
         return entry
-    entry["since"] = {**earlier, "lines": since_previous(earlier, result.findings)}
+    entry["since"] = {**earlier, "lines": since_previous(earlier, result.findings),
+                      "not_followed": not_followed(earlier, result.findings)}
     return entry
 
 
@@ -215,6 +228,8 @@ def summary(run: Run, report: dict[str, Any], changed: list[str]) -> str:
         if "since" in s:
             out.append(f"  since the priors of {' / '.join(repr(p) for p in s['since']['prior_prompts'])}:")
             out += [f"    {line}" for line in s["since"]["lines"]] or ["    no attribute differed in either audit"]
+            if s["since"].get("not_followed"):
+                out.append(f"  {not_followed_hint(s['since']['not_followed'])}")
         if s["refined_class_prompt"] != s["class_prompt"]:
             out.append(f"  refined class prompt: {s['refined_class_prompt']}")
     if changed:

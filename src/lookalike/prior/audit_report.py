@@ -74,13 +74,20 @@ def _flags_list(subject: dict[str, Any]) -> str:
     return "<ul>" + "".join(items) + "</ul>"
 
 
+def not_followed_hint(attributes: list[str]) -> str:
+    return (f"the base model did not follow the prompt on {', '.join(attributes)}: making the priors again will not "
+            "fix that; bring class images that show the photos' side (subject.class_images=DIR)")
+
+
 def _since_section(subject: dict[str, Any]) -> str:
     if "since" not in subject:
         return ""
     esc = html.escape
     before = " / ".join(f"<code>{esc(p)}</code>" for p in subject["since"]["prior_prompts"])
     items = "".join(f"<li>{esc(line)}</li>" for line in subject["since"]["lines"]) or "<li>No attribute differed in either audit.</li>"
-    return f"<h3>Since the priors of {before}</h3><ul>{items}</ul>"
+    hint = subject["since"].get("not_followed")
+    advice = f"<p><strong>{esc(not_followed_hint(hint))}</strong></p>" if hint else ""
+    return f"<h3>Since the priors of {before}</h3><ul>{items}</ul>{advice}"
 
 
 def _subject_section(subject: dict[str, Any]) -> str:
