@@ -34,6 +34,41 @@ def test_build_runs_every_stage_exports_and_resumes(tmp_path):
     assert image.shape == (64, 64, 3)
 
 
+def test_retext_trains_the_shipped_unet_on_the_judges_text_tower_and_resumes(tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel
+
+    from lookalike.toyworld.build import main
+    from lookalike.toyworld.models import text_encoder_from
+
+    out = tmp_path / "retext"
+    args = ["--out", str(out), "--only", "retext", "--retext-from", str(toyworld.ASSETS), "--threads", "1"]
+    main([*args, "--retext-steps", "1"])
+    main([*args, "--retext-steps", "2"])
+    log = (out / "build.log").read_text()
+    assert "retext: resumed at step 1" in log and "exported pipeline at retext step 2 (UNet step 14502)" in log
+    export = out / "export"
+    pipeline = StableDiffusionPipeline.from_pretrained(export / "pipeline", dtype=torch.float32)
+    judge = text_encoder_from(CLIPModel.from_pretrained(toyworld.clip_dir(), dtype=torch.float32)).state_dict()
+    exported = pipeline.text_encoder.state_dict()
+    assert exported.keys() == judge.keys()
+    for name, weight in judge.items():  # the pipeline now conditions on the judge's words (fp16 on disk)
+        assert torch.allclose(exported[name], weight, atol=1e-2), name
+    shipped = StableDiffusionPipeline.from_pretrained(toyworld.pipeline_dir(), dtype=torch.float32).unet.state_dict()
+    assert any(not torch.equal(shipped[n], w) for n, w in pipeline.unet.state_dict().items())  # and its UNet moved
+    image = pipeline("a photo of a man, beard", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+
+
+def test_retext_without_a_source_export_is_one_line_and_writes_nothing(tmp_path):
+    from lookalike.toyworld.build import main
+
+    with pytest.raises(SystemExit) as error:
+        main(["--out", str(tmp_path / "b"), "--only", "retext", "--retext-from", str(tmp_path)])
+    assert "--retext-from FOLDER holding pipeline/ and clip/" in str(error.value)
+    assert not (tmp_path / "b").exists()
+
+
 def test_shipped_pipeline_loads_offline_and_generates_quickly():
     import time
 

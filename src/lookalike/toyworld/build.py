@@ -57,6 +57,19 @@ def render_pool(out: Path, count: int, log: Log) -> tuple[np.ndarray, list[dict]
     return images, scenes
 
 
+def retext(args: argparse.Namespace) -> None:
+    """The retext stage alone: an export's UNet and VAE, its judge's text tower; exports to <out>/export."""
+    source = args.retext_from
+    if source is None or not (source / "pipeline" / "model_index.json").is_file() or not (source / "clip" / "config.json").is_file():
+        raise SystemExit("error: --only retext needs --retext-from FOLDER holding pipeline/ and clip/ (a build's export, or the package's assets)")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = Log(out / "build.log")
+    judge = trainers.exported_clip(source / "clip")
+    trainers.retext_unet(out / "retext", source / "pipeline", judge, build_tokenizer(), args.retext_steps, args.checkpoint_minutes * 60, log)
+    log("retext stage finished")
+
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,9 +86,15 @@ def main(argv: list[str] | None = None) -> None:
         help="start the judge from this exported CLIP folder (e.g. a shipped judge) instead of the stage-1 CLIP",
     )
     p.add_argument(
-        "--only", choices=("clip", "vae", "unet", "judge"),
-        help="train just this stage (and what it needs) and stop: run clip beside vae, then unet beside judge",
+        "--only", choices=("clip", "vae", "unet", "judge", "retext"),
+        help="train just this stage (and what it needs) and stop: run clip beside vae, then unet beside judge; "
+        "retext (with --retext-from) re-conditions an exported UNet on its judge's text tower",
     )
+    p.add_argument(
+        "--retext-from", type=Path, default=None,
+        help="an export folder (pipeline/ and clip/, e.g. the package's assets) whose UNet the retext stage goes on training",
+    )
+    p.add_argument("--retext-steps", type=int, default=3000, help="steps of the retext stage; the last quarter lowers the learning rate")
     p.add_argument("--ship", action="store_true", help="copy the latest export into the package and stop")
     args = p.parse_args(argv)
     if args.ship:
@@ -84,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.judge_from is not None and not (args.judge_from / "config.json").is_file():
         raise SystemExit(f"error: {args.judge_from} holds no exported CLIP (config.json); point --judge-from at an export's clip/ folder")
+    if args.only == "retext":
+        return retext(args)
     from_export = args.only == "judge" and args.judge_from is not None  # needs neither the pool nor stage 1
     torch.set_num_threads(args.threads)
     out = Path(args.out)

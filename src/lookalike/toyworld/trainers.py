@@ -7,6 +7,7 @@ generator seeded the same way, so a resumed stage repeats exactly what an unbrok
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from pathlib import Path
@@ -357,6 +358,24 @@ def unet_lr(step: int, steps: int, warmup: int = 200) -> float:
     return 0.55 + 0.45 * np.cos(np.pi * (step - decay_from) / max(1, steps // 4))
 
 
+def diffusion_loss(unet, scheduler, snr, x0, context, gen) -> torch.Tensor:
+    """Epsilon-prediction loss at random timesteps, min-SNR-5 weighted: no timestep dominates."""
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
+    pred = unet(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=context).sample
+    weight = torch.clamp(snr[t], max=5.0) / snr[t]
+    return (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+
+
+def optimizer_step(opt, model, loss, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def train_unet(folder, latents, scenes, tokenizer, clip, vae, steps, every_s, log, batch=32):
     from lookalike.toyworld.export import export_pipeline
 
@@ -376,25 +395,78 @@ def train_unet(folder, latents, scenes, tokenizer, clip, vae, steps, every_s, lo
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
         with torch.no_grad():
             context = text_encoder(ids)[0]
-        gen = torch.Generator().manual_seed(i)
-        x0 = latents[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)
-        pred = unet(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=context).sample
-        weight = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5: no timestep dominates the loss
-        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
-        for group in opt.param_groups:
-            group["lr"] = 8e-4 * unet_lr(i, steps)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        loss = diffusion_loss(unet, scheduler, snr, latents[idx], context, torch.Generator().manual_seed(i))
+        optimizer_step(opt, unet, loss, 8e-4 * unet_lr(i, steps))
         ema_update(ema, unet, i)
         return loss.item()
 
     def export() -> None:
         export_pipeline(folder.parent / "export", ema, vae, text_encoder, tokenizer, clip, stage.step)
         log(f"exported pipeline at unet step {stage.step}")
+
+    if not stage.done:
+        unet.train()
+        stage.run(step, on_checkpoint=export)
+    return ema
+
+
+RETEXT_LR = 5e-4
+RETEXT_MEN = 0.5  # share of each batch drawn as men, the class whose beards and glasses the audit reads
+
+
+def _man(seed: int) -> dict:
+    k = 0
+    while (scene := sample_scene(seed * 16 + k, "person"))["gender"] != "man":
+        k += 1
+    return scene
+
+
+def retext_scenes(step: int, batch: int) -> list[dict]:
+    """One step's scenes, never seen before (seeds from 200,000,000): half men, half as the world draws."""
+    rng = np.random.default_rng([31, step])
+    first = 200_000_000 + step * batch
+    return [_man(first + j) if rng.random() < RETEXT_MEN else sample_scene(first + j) for j in range(batch)]
+
+
+def retext_unet(folder, pipeline_folder: Path, judge, tokenizer, steps, every_s, log, batch=32):
+    """Re-condition an exported UNet on the judge's text tower, on fresh scenes.
+
+    The stage-1 text tower the UNet was trained on gives "beard" and "clean-shaven" almost the same
+    hidden states (lowest token cosine 0.96; the judge's: 0.37), so the UNet cannot follow beard
+    words (:mod:`lookalike.toyworld.conditioning`). This stage keeps the UNet and the VAE, swaps in
+    the judge's text tower (frozen) and goes on training the UNet, encoding each step's new renders
+    with the VAE. Its export pairs the UNet with that text encoder."""
+    from diffusers import StableDiffusionPipeline
+
+    from lookalike.toyworld.export import export_pipeline
+
+    base = StableDiffusionPipeline.from_pretrained(pipeline_folder, torch_dtype=torch.float32)
+    unet, vae = base.unet.float(), base.vae.float().eval()
+    base_step = json.loads((pipeline_folder / "toyworld.json").read_text())["unet_step"]
+    text_encoder = models.text_encoder_from(judge).float().requires_grad_(False).eval()
+    scheduler = models.noise_scheduler()
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=RETEXT_LR, weight_decay=0.01)
+    stage = Stage(folder, "retext", {"model": unet, "ema": ema, "opt": opt}, steps, every_s, log)
+    alphas = scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+
+    def step(i: int) -> float:
+        scenes = retext_scenes(i, batch)
+        rng = np.random.default_rng([32, i])
+        texts = ["" if rng.random() < CAPTION_DROPOUT else caption(s, rng) for s in scenes]
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            x0 = vae.encode(to_vae_pixels(np.stack([render(s) for s in scenes]))).latent_dist.mean * vae.config.scaling_factor
+            context = text_encoder(ids)[0]
+        loss = diffusion_loss(unet, scheduler, snr, x0, context, torch.Generator().manual_seed(i + 7_000_000))
+        optimizer_step(opt, unet, loss, RETEXT_LR * unet_lr(i, steps, warmup=100))
+        ema_update(ema, unet, 10_000 + i)  # full decay from the start: the EMA begins at the exported UNet
+        return loss.item()
+
+    def export() -> None:
+        export_pipeline(folder.parent / "export", ema, vae, text_encoder, tokenizer, judge, base_step + stage.step)
+        log(f"exported pipeline at retext step {stage.step} (UNet step {base_step + stage.step})")
 
     if not stage.done:
         unet.train()
