@@ -31,6 +31,12 @@ def _load_as_float32(config: Path) -> None:
     config.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def _drop_key(config: Path, key: str) -> None:
+    data = json.loads(config.read_text())
+    if data.pop(key, None) is not None:
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def clip_processor(tokenizer):
     from transformers import CLIPImageProcessor, CLIPProcessor
 
@@ -46,6 +52,11 @@ def export_pipeline(out: Path, unet, vae, text_encoder, tokenizer, clip, unet_st
     """Replace ``out/pipeline`` and ``out/clip`` (each in one rename) with the given weights."""
     from diffusers import StableDiffusionPipeline
 
+    # A tokenizer called with padding / truncation keeps them in its backend, and save_pretrained
+    # would write them into tokenizer.json; the shipped files describe the plain tokenizer.
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.backend_tokenizer.no_padding()
+    tokenizer.backend_tokenizer.no_truncation()
     pipeline = StableDiffusionPipeline(
         vae=_half(vae), text_encoder=_half(text_encoder), tokenizer=tokenizer, unet=_half(unet),
         scheduler=models.noise_scheduler(), safety_checker=None, feature_extractor=None,
@@ -54,6 +65,8 @@ def export_pipeline(out: Path, unet, vae, text_encoder, tokenizer, clip, unet_st
     with atomic_dir(out / "pipeline") as tmp:
         pipeline.save_pretrained(tmp, safe_serialization=True)
         _load_as_float32(tmp / "text_encoder" / "config.json")
+        for part in ("unet", "vae"):  # a UNet / VAE loaded from a folder records that folder's path
+            _drop_key(tmp / part / "config.json", "_name_or_path")
         (tmp / "toyworld.json").write_text(json.dumps({"unet_step": unet_step}) + "\n")
     with atomic_dir(out / "clip") as tmp:
         _half(clip).save_pretrained(tmp, safe_serialization=True)
