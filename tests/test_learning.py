@@ -19,7 +19,7 @@ CLIP_T_DROP = 0.03  # trained may lose at most this much prompt following (CLIP-
 PRES_MARGIN = 0.01  # PRES without the prior loss exceeds PRES with it by at least this much
 LEAK_MARGIN = 0.10  # refined priors: at least 10 points fewer beards plus lost glasses than naive
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # one experiment: about 15 minutes (measured 15 min 24 s, 2026-12-03)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # one experiment: about 15 minutes (measured 13 min 56 s, 2026-12-07)
 
 
 def missed(measured: str):
@@ -42,7 +42,7 @@ def test_training_makes_the_subject_far_more_likely_than_the_base_model(quality)
     assert run["trained"]["likeness"] >= run["base"]["likeness"] + LIKENESS_GAIN, run
 
 
-@missed("CLIP-T 0.504 -> 0.415 with refined priors, -0.089 (naive -0.077, no prior loss -0.061)")
+@missed("CLIP-T 0.533 -> 0.493 with refined priors, -0.040 (naive -0.013 and no prior loss -0.022 pass)")
 def test_prompt_following_stays_near_the_base_model(quality):
     run = refined(quality)
     assert run["trained"]["clip_t"] >= run["base"]["clip_t"] - CLIP_T_DROP, run
@@ -51,7 +51,8 @@ def test_prompt_following_stays_near_the_base_model(quality):
 def test_textual_inversion_learns_the_subject_and_keeps_prompt_following(quality):
     # The same two thresholds on the embedding-only condition (added 2026-12-03, after a sweep had
     # measured it; the thresholds are the ones above, unchanged): the LoRA's CLIP-T drop is not
-    # a property of the eval, since a run that leaves the UNet alone passes the same check.
+    # a property of the eval, since a run that leaves the UNet alone passes the same check. Its
+    # learning rate was set again for the seventh toy build, after measuring (quality.PER_CONDITION).
     run = quality["conditions"]["embedding"]
     assert run["trained"]["likeness"] >= run["base"]["likeness"] + LIKENESS_GAIN, run
     assert run["trained"]["clip_t"] >= run["base"]["clip_t"] - CLIP_T_DROP, run
@@ -73,7 +74,7 @@ def test_the_audit_names_the_subject_clean_shaven(quality):
     assert "clean-shaven" in refined(quality)["class_prompt"].split(", ")
 
 
-@missed("bearded + without glasses, paired reading: naive 66% + 0%, refined 66% + 6%, no fewer (no prior loss 47% + 0%)")
+@missed("bearded + without glasses, paired reading: naive 53% + 8%, refined 45% + 11%, 5 points fewer (no prior loss 23% + 6%)")
 def test_refined_priors_leak_fewer_beards_and_lost_glasses_than_naive_ones(quality):
     """Read against the subject's own renders through the VAE (lookalike.toyworld.leakage): the probes
     misread the VAE's smeared glasses as a beard on half of his own photos."""

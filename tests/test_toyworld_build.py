@@ -46,7 +46,8 @@ def test_retext_trains_the_shipped_unet_on_the_judges_text_tower_and_resumes(tmp
     main([*args, "--retext-steps", "1"])
     main([*args, "--retext-steps", "2"])
     log = (out / "build.log").read_text()
-    assert "retext: resumed at step 1" in log and "exported pipeline at retext step 2 (UNet step 14502)" in log
+    shipped_step = json.loads((toyworld.ASSETS / "pipeline" / "toyworld.json").read_text())["unet_step"]
+    assert "retext: resumed at step 1" in log and f"exported pipeline at retext step 2 (UNet step {shipped_step + 2})" in log
     export = out / "export"
     pipeline = StableDiffusionPipeline.from_pretrained(export / "pipeline", dtype=torch.float32)
     judge = text_encoder_from(CLIPModel.from_pretrained(toyworld.clip_dir(), dtype=torch.float32)).state_dict()
@@ -67,6 +68,22 @@ def test_retext_without_a_source_export_is_one_line_and_writes_nothing(tmp_path)
         main(["--out", str(tmp_path / "b"), "--only", "retext", "--retext-from", str(tmp_path)])
     assert "--retext-from FOLDER holding pipeline/ and clip/" in str(error.value)
     assert not (tmp_path / "b").exists()
+
+
+def test_retext_refuses_to_overwrite_the_export_it_starts_from(tmp_path):
+    import shutil
+
+    from lookalike.toyworld.build import main
+
+    export = tmp_path / "b" / "export"
+    for part in ("pipeline", "clip"):
+        shutil.copytree(toyworld.ASSETS / part, export / part)
+    before = (export / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    with pytest.raises(SystemExit) as error:
+        main(["--out", str(tmp_path / "b"), "--only", "retext", "--retext-from", str(export)])
+    assert "writes its own export" in str(error.value) and "--out" in str(error.value)
+    assert (export / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+    assert not (tmp_path / "b" / "retext").exists() and not (tmp_path / "b" / "build.log").exists()
 
 
 def test_shipped_pipeline_loads_offline_and_generates_quickly():

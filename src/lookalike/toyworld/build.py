@@ -62,8 +62,10 @@ def retext(args: argparse.Namespace) -> None:
     source = args.retext_from
     if source is None or not (source / "pipeline" / "model_index.json").is_file() or not (source / "clip" / "config.json").is_file():
         raise SystemExit("error: --only retext needs --retext-from FOLDER holding pipeline/ and clip/ (a build's export, or the package's assets)")
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if source.resolve() == (out / "export").resolve():
+        raise SystemExit(f"error: --retext-from {source} is where this stage writes its own export; give it another --out (e.g. retext-build)")
+    torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "build.log")
     judge = trainers.exported_clip(source / "clip")

@@ -6,11 +6,11 @@
 * ``naive``: priors from "a photo of a man" (the world draws men bearded half the time and seldom
   with glasses), prior-preservation loss on;
 * ``refined``: the audit's refined class prompt (for the shipped model "a photo of a man, light
-  skin, black hair, glasses, no hat, green shirt"),
+  skin, black hair, clean-shaven, glasses, green shirt"),
   priors regenerated from it, prior-preservation loss on (what the demo does);
 * ``no-prior``: no priors and no prior-preservation loss;
 * ``embedding``: textual inversion, only the identifier's token embedding learns
-  (``train.method=embedding``, learning rate 1e-3, no priors: they could not change anything).
+  (``train.method=embedding``, learning rate 2.5e-4, no priors: they could not change anything).
 
 Each is trained and evaluated with the ordinary verbs; the eval report gives likeness (toy CLIP-I
 of identifier prompts against the photos), CLIP-T and PRES for the base model and the trained one.
@@ -44,7 +44,9 @@ PER_CONDITION = {
     "naive": ["audit.apply=false", "train.with_prior_preservation=true"],
     "refined": ["audit.apply=true", "train.with_prior_preservation=true"],
     "no-prior": ["train.with_prior_preservation=false"],
-    "embedding": ["train.method=embedding", "train.with_prior_preservation=false", "train.learning_rate=1e-3"],
+    # 1e-3 until the seventh toy build; on it 1e-3 learned the scene into the identifier too (CLIP-T
+    # -0.054), 5e-4 gave -0.029 and 2.5e-4 -0.023, each with likeness +0.13 or more (docs/QUALITY.md).
+    "embedding": ["train.method=embedding", "train.with_prior_preservation=false", "train.learning_rate=2.5e-4"],
 }
 
 
