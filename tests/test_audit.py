@@ -92,6 +92,20 @@ def test_a_second_audit_says_whether_the_new_priors_moved_towards_the_photos():
     assert "did not follow the prompt on beard, hat" in hint and "subject.class_images=" in hint
 
 
+def test_priors_that_vary_much_less_than_the_last_ones_are_reported_as_narrowed():
+    from lookalike.prior.audit import NARROWING, narrowed
+
+    naive = {"prior_spread": 0.576, "prior_likeness": 0.308}  # the toy model's naive and refined priors
+    line = narrowed(naive, {"prior_spread": 0.310, "prior_likeness": 0.437})
+    assert line.startswith("the new priors vary less: feature spread 0.58 -> 0.31 (-46%), likeness to the photos 0.31 -> 0.44;")
+    assert "name fewer attributes" in line
+    assert narrowed(naive, {"prior_spread": 0.576 * (1 - NARROWING) + 0.001, "prior_likeness": 0.4}) is None  # within 25%
+    assert narrowed(naive, {"prior_spread": 0.7, "prior_likeness": 0.3}) is None  # more varied
+    assert narrowed({}, {"prior_spread": 0.1}) is None  # a report from before the spread was recorded
+    assert narrowed({"prior_spread": 0.576}, {"prior_spread": 0.1}).endswith("or bring class images")  # no likeness: left out
+    assert narrowed(naive, {"prior_spread": None}) is None  # a single prior has no spread
+
+
 def test_the_summary_and_the_page_tell_what_to_do_when_the_prompt_did_not_take(tmp_path):
     from types import SimpleNamespace
 
@@ -250,6 +264,8 @@ def test_an_audit_after_regenerated_priors_compares_with_the_last_one(run_root, 
     assert all(line in out for line in second["since"]["lines"])
     assert "Since the priors of" in (run_root / "audit" / "report.html").read_text()
     assert isinstance(second["since"]["not_followed"], list)
+    assert 0 < second["prior_spread"] <= 2 and -1 <= second["prior_likeness"] <= 1
+    assert second["since"]["prior_spread"] == first["prior_spread"] and second["since"]["narrowed"] is None  # the same images
     assert main(["audit", str(run_root), *overrides(tiny_clip, "subject.class_prompt=a photo of a man, clean-shaven")]) == 0
     again = json.loads((run_root / "audit" / "report.json").read_text())["subjects"][0]  # the same priors, audited again
     assert again["since"] == second["since"]
@@ -318,3 +334,25 @@ def test_toy_clip_is_the_default_for_the_toy_model(run_root):
     assert clip_source(run) == "openai/clip-vit-large-patch14"
     with pytest.raises(LookalikeError):
         audit_run(Run.open(run_root, overrides=["audit.clip_model=" + str(run_root / "nothing")]))
+
+
+def test_priors_regenerated_much_alike_are_reported_in_the_summary_and_the_page(run_root, capsys):
+    """With the toy world's CLIP, whose features tell noise pictures apart (the tiny random CLIP hardly does)."""
+    assert main(["audit", str(run_root), *overrides("toy")]) == 0
+    folder = run_root / "priors" / "subject"
+    rows = [r | {"prompt": "a photo of a man, clean-shaven"} for r in read_jsonl(folder / "manifest.jsonl")]
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for i in range(6):  # the new priors: one picture with a few pixels changed
+        arr = np.asarray(noise_image(0)).copy()
+        arr[i, i] = 255 - arr[i, i]
+        Image.fromarray(arr).save(folder / f"{i:03d}.png")
+    noise_image(0, size=80).save(folder / "dup.jpg", quality=90)
+    capsys.readouterr()
+    assert main(["audit", str(run_root), *overrides("toy", "subject.class_prompt=a photo of a man, clean-shaven")]) == 0
+    out = capsys.readouterr().out
+    subject = json.loads((run_root / "audit" / "report.json").read_text())["subjects"][0]
+    assert subject["prior_spread"] < 0.75 * subject["since"]["prior_spread"], (subject["prior_spread"], subject["since"])
+    assert subject["since"]["narrowed"].startswith("the new priors vary less: feature spread")
+    assert subject["since"]["narrowed"] in out and "priors' feature spread (DIV-feat, CLIP)" in out
+    page = (run_root / "audit" / "report.html").read_text()
+    assert html.escape(subject["since"]["narrowed"]) in page and html.escape("Priors' feature spread") in page

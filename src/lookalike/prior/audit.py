@@ -18,8 +18,9 @@ from typing import Any
 from lookalike import config as cfg
 from lookalike.errors import LookalikeError
 from lookalike.metrics.features import ClipEmbedder, open_clip
+from lookalike.metrics.scores import clip_i, div_feat
 from lookalike.prior import probes
-from lookalike.prior.audit_report import contact_sheet, not_followed_hint, write_report
+from lookalike.prior.audit_report import contact_sheet, not_followed_hint, variety_line, write_report
 from lookalike.prior.checks import ImageSet, open_set
 from lookalike.run import Run, Stopped, atomic_dir, read_jsonl
 from lookalike.toyworld import is_toy_clip
@@ -27,6 +28,10 @@ from lookalike.toyworld import is_toy_clip
 VERB = "audit"
 MANIFEST = "manifest.jsonl"
 HUB_CLIP = "openai/clip-vit-large-patch14"
+# New priors whose feature spread fell by more than this share since the last audit's are reported as
+# narrowed. On the toy model the refined prompt's priors fell 46% (0.576 -> 0.310), the world's own men
+# made clean-shaven with glasses 16% (0.704 -> 0.590); only the first cost prompt following (docs/QUALITY.md).
+NARROWING = 0.25
 
 
 @dataclass
@@ -36,6 +41,8 @@ class SubjectAudit:
     photos: ImageSet
     findings: list[probes.Finding]
     refined_template: str  # the class prompt template with the subject's attributes appended
+    spread: float | None = None  # DIV-feat among the priors: mean pairwise CLIP feature distance
+    likeness: float | None = None  # CLIP-I of the priors against the photos: how much they look like the subject
 
     @property
     def refined_prompt(self) -> str:
@@ -85,7 +92,9 @@ def audit_subject(run: Run, subject: cfg.SubjectConfig, clip: ClipEmbedder, sets
     findings = [
         probes.compare(a, prior_choices[a.name], photo_choices[a.name], run.config.audit.threshold) for a in attributes
     ]
-    return SubjectAudit(subject, priors, photos, findings, probes.refine_prompt(subject.class_prompt, findings))
+    spread = div_feat(prior_feats) if len(prior_feats) > 1 else None
+    return SubjectAudit(subject, priors, photos, findings, probes.refine_prompt(subject.class_prompt, findings),
+                        spread=spread, likeness=clip_i(prior_feats, photo_feats))
 
 
 def _subject_json(result: SubjectAudit, applied: bool) -> dict[str, Any]:
@@ -101,6 +110,8 @@ def _subject_json(result: SubjectAudit, applied: bool) -> dict[str, Any]:
         "photos": len(result.photos.files),
         "priors_path": f"../priors/{name}",
         "lines": [f.line() for f in result.findings if f.differs],
+        "prior_spread": None if result.spread is None else round(result.spread, 4),
+        "prior_likeness": None if result.likeness is None else round(result.likeness, 4),
         "attributes": [f.to_json() for f in result.findings],
         "flags": [vars(flag) for flag in result.priors.flags],
         "photo_flags": [vars(flag) for flag in result.photos.flags],
@@ -141,6 +152,23 @@ def not_followed(previous: dict[str, Any], findings: list[probes.Finding]) -> li
     return [f.attribute for f, _, verdict in _moves(previous, findings) if f.differs and verdict != "closer to the photos"]
 
 
+def narrowed(previous: dict[str, Any], entry: dict[str, Any]) -> str | None:
+    """A line when the new priors vary much less than the previous ones (their CLIP feature spread
+    fell by more than :data:`NARROWING`): a class prompt naming many of the subject's attributes
+    describes the subject, not its class, and the prior loss then preserves little of the class.
+    On the toy model such priors cost prompt following (docs/QUALITY.md). None otherwise, and when
+    either audit has no spread (one prior, or a report from before it was recorded)."""
+    was, now = previous.get("prior_spread"), entry.get("prior_spread")
+    if not was or now is None or now >= was * (1 - NARROWING):
+        return None
+    like = ""
+    if previous.get("prior_likeness") is not None and entry.get("prior_likeness") is not None:
+        like = f", likeness to the photos {previous['prior_likeness']:.2f} -> {entry['prior_likeness']:.2f}"
+    return (f"the new priors vary less: feature spread {was:.2f} -> {now:.2f} ({now / was - 1:+.0%}){like}; "
+            "a class prompt that names many of the subject's attributes describes the subject rather than its class, "
+            "and training on such priors can cost prompt following: name fewer attributes, or bring class images")
+
+
 def _previous_report(run: Run) -> dict[str, dict[str, Any]]:
     """The last audit's subjects by name, or nothing when there is none (or it cannot be read)."""
     try:
@@ -159,13 +187,14 @@ def _with_history(entry: dict[str, Any], previous: dict[str, Any] | None, result
     if previous is None:
         return entry
     if previous.get("prior_prompts") != entry["prior_prompts"]:
-        earlier = {"prior_prompts": previous.get("prior_prompts", []), "attributes": previous.get("attributes", [])}
+        earlier = {"prior_prompts": previous.get("prior_prompts", []), "attributes": previous.get("attributes", []),
+                   "prior_spread": previous.get("prior_spread"), "prior_likeness": previous.get("prior_likeness")}
     elif "since" in previous:
         earlier = previous["since"]
     else:
         return entry
     entry["since"] = {**earlier, "lines": since_previous(earlier, result.findings),
-                      "not_followed": not_followed(earlier, result.findings)}
+                      "not_followed": not_followed(earlier, result.findings), "narrowed": narrowed(earlier, entry)}
     return entry
 
 
@@ -225,11 +254,15 @@ def summary(run: Run, report: dict[str, Any], changed: list[str]) -> str:
         out.append(f"{s['name']}: {s['priors']} priors vs {s['photos']} photos ({s['class_prompt']})")
         out += [f"  {line}" for line in s["lines"]] or ["  priors and photos agree on every probed attribute"]
         out.append("  flagged priors: " + ", ".join(f"{n} {p}" for p, n in counts.items()))
+        if variety_line(s):
+            out.append(f"  {variety_line(s)}")
         if "since" in s:
             out.append(f"  since the priors of {' / '.join(repr(p) for p in s['since']['prior_prompts'])}:")
             out += [f"    {line}" for line in s["since"]["lines"]] or ["    no attribute differed in either audit"]
             if s["since"].get("not_followed"):
                 out.append(f"  {not_followed_hint(s['since']['not_followed'])}")
+            if s["since"].get("narrowed"):
+                out.append(f"  {s['since']['narrowed']}")
         if s["refined_class_prompt"] != s["class_prompt"]:
             out.append(f"  refined class prompt: {s['refined_class_prompt']}")
     if changed:

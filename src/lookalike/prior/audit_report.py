@@ -87,7 +87,22 @@ def _since_section(subject: dict[str, Any]) -> str:
     items = "".join(f"<li>{esc(line)}</li>" for line in subject["since"]["lines"]) or "<li>No attribute differed in either audit.</li>"
     hint = subject["since"].get("not_followed")
     advice = f"<p><strong>{esc(not_followed_hint(hint))}</strong></p>" if hint else ""
+    if subject["since"].get("narrowed"):
+        advice += f"<p><strong>{esc(subject['since']['narrowed'])}</strong></p>"
     return f"<h3>Since the priors of {before}</h3><ul>{items}</ul>{advice}"
+
+
+def variety_line(subject: dict[str, Any]) -> str:
+    """How varied the priors are and how much they look like the subject; empty for a report without the figures."""
+    if subject.get("prior_spread") is None:
+        return ""
+    return (f"priors' feature spread (DIV-feat, CLIP) {subject['prior_spread']:.2f}, "
+            f"likeness to the photos (CLIP-I) {subject['prior_likeness']:.2f}")
+
+
+def _variety(subject: dict[str, Any]) -> str:
+    line = variety_line(subject)
+    return f"<p>{html.escape(line[0].upper() + line[1:])}.</p>" if line else ""
 
 
 def _subject_section(subject: dict[str, Any]) -> str:
@@ -96,6 +111,7 @@ def _subject_section(subject: dict[str, Any]) -> str:
     return (
         f"<h2>{esc(subject['name'])}</h2>"
         f"<p>{subject['priors']} priors, {subject['photos']} photos. Class prompt: <code>{esc(subject['class_prompt'])}</code></p>"
+        f"{_variety(subject)}"
         f"<ul>{lines}</ul>"
         f"<p>Refined class prompt: <code>{esc(subject['refined_class_prompt'])}</code>"
         f"{' (written to the config)' if subject['applied'] else ''}</p>"
