@@ -42,7 +42,9 @@ def test_training_makes_the_subject_far_more_likely_than_the_base_model(quality)
     assert run["trained"]["likeness"] >= run["base"]["likeness"] + LIKENESS_GAIN, run
 
 
-@missed("CLIP-T 0.533 -> 0.493 with refined priors, -0.040 (naive -0.013 and no prior loss -0.022 pass)")
+@missed("CLIP-T 0.533 -> 0.493 with refined priors, -0.040 (naive -0.013 and no prior loss -0.022 pass); "
+        "the refined priors all look alike (feature spread 0.31 against 0.58), and varied rendered priors with the "
+        "subject's beard and glasses lose only 0.005")
 def test_prompt_following_stays_near_the_base_model(quality):
     run = refined(quality)
     assert run["trained"]["clip_t"] >= run["base"]["clip_t"] - CLIP_T_DROP, run
@@ -74,7 +76,9 @@ def test_the_audit_names_the_subject_clean_shaven(quality):
     assert "clean-shaven" in refined(quality)["class_prompt"].split(", ")
 
 
-@missed("bearded + without glasses, paired reading: naive 53% + 8%, refined 45% + 11%, 5 points fewer (no prior loss 23% + 6%)")
+@missed("bearded + without glasses, paired reading: naive 53% + 8%, refined 45% + 11%, 5 points fewer (no prior loss "
+        "23% + 6%); even priors the world renders clean-shaven with glasses leak 56% + 8%, against 55% + 6% for its own "
+        "men: on this toy the leakage comes with the prior loss, whatever the priors show")
 def test_refined_priors_leak_fewer_beards_and_lost_glasses_than_naive_ones(quality):
     """Read against the subject's own renders through the VAE (lookalike.toyworld.leakage): the probes
     misread the VAE's smeared glasses as a beard on half of his own photos."""

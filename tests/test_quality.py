@@ -21,10 +21,18 @@ SMALL = [
 ]
 
 
-def test_experiment_measures_every_condition_and_writes_the_table(tmp_path, monkeypatch):
-    monkeypatch.setattr(quality, "LEAKAGE_IMAGES", 2)
-    model = untrained_toy_export(tmp_path / "build-export")
-    results = quality.experiment(tmp_path / "runs", SMALL, model=model, echo=lambda _: None)
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """The four conditions on an untrained export, with tiny settings: (results, runs folder, model)."""
+    tmp_path = tmp_path_factory.mktemp("quality")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(quality, "LEAKAGE_IMAGES", 2)
+        model = untrained_toy_export(tmp_path / "build-export")
+        return quality.experiment(tmp_path / "runs", SMALL, model=model, echo=lambda _: None), tmp_path, model
+
+
+def test_experiment_measures_every_condition_and_writes_the_table(experiment):
+    results, tmp_path, model = experiment
     assert set(results["conditions"]) == set(quality.CONDITIONS)
     for condition in results["conditions"].values():
         assert condition["base"]["step"] == 0 and condition["trained"]["step"] == 2
@@ -45,6 +53,48 @@ def test_experiment_measures_every_condition_and_writes_the_table(tmp_path, monk
     assert not any((tmp_path / "runs" / "embedding").glob("priors/**/*.png"))
     table = quality.markdown(results)
     assert table.count("\n| ") == 6 and "textual inversion" in table and str(model) in table
+    assert "rendered" not in table
+
+
+def test_rendered_priors_add_two_conditions_trained_on_the_worlds_own_men(experiment, monkeypatch):
+    results, tmp_path, model = experiment
+    monkeypatch.setattr(quality, "LEAKAGE_IMAGES", 2)
+    trained = {c: (tmp_path / "runs" / c / "checkpoints").stat().st_mtime_ns for c in quality.CONDITIONS}
+    more = quality.experiment(tmp_path / "runs", SMALL, model=model, echo=lambda _: None, rendered_priors=True)
+    assert set(more["conditions"]) == set(quality.CONDITIONS + quality.RENDERED)
+    assert trained == {c: (tmp_path / "runs" / c / "checkpoints").stat().st_mtime_ns for c in quality.CONDITIONS}  # reused
+    for condition, like_subject in (("world-men", False), ("subject-like-men", True)):
+        assert more["conditions"][condition]["trained"]["step"] == 2
+        assert more["conditions"][condition]["class_prompt"] == "a photo of a man"
+        scenes = json.loads((tmp_path / "runs" / "class-images" / f"{condition}.json").read_text())
+        assert len(scenes) == 2 and all(s["gender"] == "man" and s["style"] == "photo" for s in scenes)  # priors.num_images=2
+        if like_subject:
+            assert all(s["beard"] == "no" and s["glasses"] == "yes" for s in scenes)
+        manifest = (tmp_path / "runs" / condition / "priors" / "toyperson" / "manifest.jsonl").read_text()
+        assert manifest.count('"user_supplied": true') == 2 and f"class-images/{condition}/man-0001.png" in manifest
+        assert {f.suffix for f in (tmp_path / "runs" / "class-images" / condition).iterdir()} == {".png"}  # all taken for images
+    table = quality.markdown(more)
+    assert table.count("\n| ") == 8 and "the same men clean-shaven, with glasses" in table
+
+
+def test_rendered_class_images_differ_from_the_worlds_men_only_in_beards_and_glasses(tmp_path):
+    world = quality.rendered_class_images(tmp_path / "world", 24, like_subject=False)
+    like = quality.rendered_class_images(tmp_path / "like", 24, like_subject=True)
+    world_scenes, like_scenes = (json.loads(f.with_suffix(".json").read_text()) for f in (world, like))
+    assert [s["seed"] for s in world_scenes] == [s["seed"] for s in like_scenes]
+    assert {s["beard"] for s in world_scenes} == {"yes", "no"}  # the world's skew, not the subject's
+    for i, (w, s) in enumerate(zip(world_scenes, like_scenes)):
+        assert {k: v for k, v in w.items() if k not in ("beard", "glasses")} == {k: v for k, v in s.items() if k not in ("beard", "glasses")}
+        same_man = (w["beard"], w["glasses"]) == ("no", "yes")
+        assert ((world / f"man-{i:04d}.png").read_bytes() == (like / f"man-{i:04d}.png").read_bytes()) == same_man
+    before = (like / "man-0000.png").stat().st_mtime_ns
+    assert quality.rendered_class_images(tmp_path / "like", 24, like_subject=True) == like  # complete: reused
+    assert (like / "man-0000.png").stat().st_mtime_ns == before
+    like.with_suffix(".json").unlink()  # an interrupted rendering has no scenes file: it is done again
+    quality.rendered_class_images(tmp_path / "like", 24, like_subject=True)
+    assert len(json.loads(like.with_suffix(".json").read_text())) == 24 and len(list(like.iterdir())) == 24
+    quality.rendered_class_images(tmp_path / "like", 10, like_subject=True)  # fewer: none of the 24 is left over
+    assert len(json.loads(like.with_suffix(".json").read_text())) == 10 and len(list(like.iterdir())) == 10
 
 
 def test_a_folder_that_is_not_a_build_export_is_refused_before_anything_is_written(tmp_path, capsys):

@@ -12,6 +12,12 @@
 * ``embedding``: textual inversion, only the identifier's token embedding learns
   (``train.method=embedding``, learning rate 2.5e-4, no priors: they could not change anything).
 
+With ``--rendered-priors``, two more conditions ask what priors could do at best: their class
+images are not generated but rendered by the toy world itself, so their attributes are known, not
+read by probes. ``world-men``: 100 men as the world draws them, in photo style (half bearded, 12%
+with glasses); ``subject-like-men``: the same 100 men made clean-shaven and given glasses, the
+priors a perfect audit would ask for. Both keep the class prompt "a photo of a man".
+
 Each is trained and evaluated with the ordinary verbs; the eval report gives likeness (toy CLIP-I
 of identifier prompts against the photos), CLIP-T and PRES for the base model and the trained one.
 Leakage is measured on top: the share of "a photo of ohwx man" generations that look bearded, or
@@ -37,6 +43,7 @@ from lookalike.errors import LookalikeError
 from lookalike.run import Run, atomic_write_text
 
 CONDITIONS = ("naive", "refined", "no-prior", "embedding")
+RENDERED = ("world-men", "subject-like-men")  # opt-in (--rendered-priors): priors rendered by the world
 LEAKAGE_IMAGES = 64  # a share of 64 images: standard error 6 points at most
 # Shared by every condition: a checkpoint only at the end, and more eval samples than the demo's.
 COMMON = ["train.checkpoint_every=1000000", "eval.samples_per_prompt=8", "eval.include_base=true"]
@@ -48,6 +55,47 @@ PER_CONDITION = {
     # -0.054), 5e-4 gave -0.029 and 2.5e-4 -0.023, each with likeness +0.13 or more (docs/QUALITY.md).
     "embedding": ["train.method=embedding", "train.with_prior_preservation=false", "train.learning_rate=2.5e-4"],
 }
+for _name in RENDERED:  # subject.class_images is added per experiment folder (rendered_class_images)
+    PER_CONDITION[_name] = ["audit.apply=false", "train.with_prior_preservation=true"]
+RENDERED_SEEDS = 300_000_000  # scenes no toy build trained on (training 0-19,999, held out from 10,000,000, retext from 200,000,000)
+
+
+def rendered_class_images(folder: Path, count: int, like_subject: bool) -> Path:
+    """``count`` men rendered by the toy world in photo style, as class images (PNG) in ``folder``,
+    with their scenes in ``folder.json`` beside it (not inside: every file in a class-images folder is
+    taken for an image); ``like_subject`` makes every one clean-shaven with glasses. The same seeds
+    either way, so the two sets differ only in beards and glasses. A complete folder is reused."""
+    from PIL import Image
+
+    from lookalike.toyworld.render import render
+    from lookalike.toyworld.world import sample_scene
+
+    scenes_file = folder.with_suffix(".json")
+    if scenes_file.is_file() and len(json.loads(scenes_file.read_text())) == count:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("man-*.png"):  # an interrupted rendering, or another count: drawn again
+        old.unlink()
+    scenes, seed = [], RENDERED_SEEDS
+    while len(scenes) < count:
+        scene = sample_scene(seed, "person") | {"style": "photo"}
+        seed += 1
+        if scene["gender"] != "man":
+            continue
+        if like_subject:
+            scene |= {"beard": "no", "glasses": "yes"}
+        Image.fromarray(render(scene)).save(folder / f"man-{len(scenes):04d}.png")
+        scenes.append(scene)
+    atomic_write_text(scenes_file, json.dumps(scenes, indent=1) + "\n")  # written last: marks the folder complete
+    return folder
+
+
+def condition_overrides(out: Path, condition: str, count: int) -> list[str]:
+    """The condition's own overrides; a rendered condition's class images are rendered under ``out`` first."""
+    if condition not in RENDERED:
+        return []
+    images = rendered_class_images(out / "class-images" / condition, count, like_subject=condition == "subject-like-men")
+    return [f"subject.class_images={images}"]
 
 
 def run_condition(folder: Path, condition: str, overrides: list[str], echo: Callable[[str], None]) -> Run:
@@ -151,12 +199,17 @@ def photo_attributes(run: Run, judge, vae) -> dict:
     return bearded_and_without_glasses(judge, photos) | {"through_vae": through_vae, "photos": len(photos)}
 
 
-def experiment(out: Path, overrides: list[str] = (), model: Path | None = None, echo: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the four conditions under ``out`` and return every figure; writes quality.json."""
+def experiment(out: Path, overrides: list[str] = (), model: Path | None = None, echo: Callable[[str], None] = print,
+               rendered_priors: bool = False) -> dict:
+    """Run (or resume) the four conditions under ``out`` (six with ``rendered_priors``) and return
+    every figure; writes quality.json."""
     started = time.perf_counter()
     pointing = model_overrides(model)  # a wrong --model fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    runs = {c: run_condition(out / c, c, [*pointing, *overrides], echo) for c in CONDITIONS}
+    runs = {}
+    for c in CONDITIONS + (RENDERED if rendered_priors else ()):
+        count = runs["naive"].config.priors.num_images if c in RENDERED else 0  # as many as the generated priors
+        runs[c] = run_condition(out / c, c, [*pointing, *overrides, *condition_overrides(out, c, count)], echo)
     from lookalike.models.load import load_pipeline
 
     from lookalike.toyworld.leakage import PairedReader
@@ -200,8 +253,9 @@ def markdown(results: dict) -> str:
 
     lines.append(row("base model", base))
     labels = {"naive": "trained, naive priors", "refined": "trained, refined priors", "no-prior": "trained, no prior loss",
-              "embedding": "textual inversion (embedding only)"}
-    lines += [row(labels[name], c[name]["trained"]) for name in CONDITIONS]
+              "embedding": "textual inversion (embedding only)",
+              "world-men": "trained, rendered priors: the world's men", "subject-like-men": "trained, rendered priors: the same men clean-shaven, with glasses"}
+    lines += [row(labels[name], c[name]["trained"]) for name in CONDITIONS + RENDERED if name in c]
     photos, check = results["photos"], results["paired_check"]
     lines += [
         "",
@@ -215,18 +269,24 @@ def markdown(results: dict) -> str:
         f"same photos passed through the VAE. Naive class prompt: `{c['naive']['class_prompt']}`; "
         f"refined: `{c['refined']['class_prompt']}`.",
     ]
+    if any(name in c for name in RENDERED):
+        lines[-1] += (" Rendered priors (`--rendered-priors`): class images drawn by the toy world, not generated, "
+                      "so their beards and glasses are known: the same men in photo style, as the world draws them "
+                      "and all clean-shaven with glasses; class prompt `a photo of a man`.")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="quality-runs", help="folder for the four run folders and quality.json")
+    p.add_argument("--out", default="quality-runs", help="folder for the run folders and quality.json")
     p.add_argument("--model", type=Path, default=None, help="a build's export folder (pipeline/ and clip/); default: the shipped toy model")
     p.add_argument("--docs", default=None, help="write the figures into DOCS/QUALITY.md")
+    p.add_argument("--rendered-priors", action="store_true",
+                   help="two more conditions whose priors the toy world renders (its men; the same men clean-shaven with glasses)")
     p.add_argument("overrides", nargs="*", help="config overrides for every condition, e.g. train.max_steps=400")
     args = p.parse_args(argv)
     try:
-        results = experiment(Path(args.out), args.overrides, args.model)
+        results = experiment(Path(args.out), args.overrides, args.model, rendered_priors=args.rendered_priors)
     except LookalikeError as err:
         raise SystemExit(f"error: {err}") from None
     text = markdown(results)
