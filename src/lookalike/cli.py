@@ -18,7 +18,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "prepare": ("lookalike.data.prepare", "prepare_run", "Clean, orient, crop and de-duplicate the subject photos."),
     "identifier": ("lookalike.identifier", "check_run", "Check the identifier token on the model's tokenizer; propose rare ones."),
     "priors": ("lookalike.prior.generate", "generate_priors", "Generate (or top up) the class-prior images."),
-    "audit": ("lookalike.prior.audit", "audit_run", "Compare priors with the subject photos; flag bad priors, propose a refined class prompt."),
+    "audit": ("lookalike.prior.audit", "audit_run", "Compare priors with the subject photos (attribute shares, variety); flag bad priors, propose a refined class prompt (audit.apply=true writes it); after priors from a new prompt, say whether they moved towards the photos or narrowed."),
     "train": ("lookalike.train.loop", "train_run", "Train with prior preservation; resumes from the latest checkpoint."),
     "generate": ("lookalike.sample.generate", "generate_run", "Render the subject in styles and prompts, best-of-N, with an HTML gallery."),
     "eval": ("lookalike.metrics.evaluate", "eval_run", "Score every checkpoint (DINO, CLIP-I/T, PRES, DIV, face identity); report, plots, a recommended checkpoint."),
