@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from lookalike.cli import main
 from lookalike.sample.pngmeta import read_params
 
@@ -33,6 +35,45 @@ def test_demo_runs_every_step_and_says_where_to_look(tmp_path, capsys):
     assert list((run_dir / "export").glob("*.safetensors"))
     assert "identifiers checked on toy" in out  # the shipped toy model (model.source=toy)
     assert "Where to look" in out
+
+
+def test_the_demo_run_again_refines_the_class_prompt_no_further(tmp_path, capsys, monkeypatch):
+    """Run again on its folder, the story resumes: the audit refines the class prompt no further, so
+    the priors and the model trained on them stay as they were. Here every audit would refine more
+    (as the real one did, adding "short hair" after the refined priors lost it)."""
+    from safetensors.torch import load_file
+
+    from lookalike.demo import open_demo_run, refined_before
+    from lookalike.prior import probes
+
+    monkeypatch.setattr(probes, "refine_prompt", lambda prompt, findings: prompt + ", hat")
+    run_dir = tmp_path / "demo"
+    assert main(["demo", str(run_dir), *SMALL]) == 0
+    run = open_demo_run(run_dir)
+    assert refined_before(run) and run.subject().class_prompt == "a photo of a {class_noun}, hat"  # refined once
+    priors = (run_dir / "priors" / "toyperson" / "manifest.jsonl").read_text()
+    assert '"prompt": "a photo of a man, hat"' in priors
+    lora = run_dir / "model" / "pytorch_lora_weights.safetensors"
+    model = load_file(lora)
+    capsys.readouterr()
+    assert main(["demo", str(run_dir), *SMALL]) == 0
+    assert "class prompt updated" not in capsys.readouterr().out
+    assert open_demo_run(run_dir).subject().class_prompt == "a photo of a {class_noun}, hat"
+    assert (run_dir / "priors" / "toyperson" / "manifest.jsonl").read_text() == priors
+    again = load_file(lora)  # saved again from the last checkpoint, not retrained
+    assert again.keys() == model.keys() and all(torch.equal(again[k], model[k]) for k in model)
+
+
+def test_an_audit_that_changed_no_prompt_does_not_count_as_refined(tmp_path):
+    from lookalike.demo import open_demo_run, refined_before
+
+    run = open_demo_run(tmp_path / "demo")
+    assert not refined_before(run)  # no events yet
+    run.emit("audit", "done", changed=[])
+    run.emit("priors", "done", changed=["toyperson"])  # another verb's event
+    assert not refined_before(run)
+    run.emit("audit", "done", changed=["toyperson"])
+    assert refined_before(run)
 
 
 def test_demo_refuses_a_bad_override_before_doing_anything(tmp_path, capsys):

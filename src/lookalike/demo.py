@@ -34,7 +34,7 @@ def _steps() -> list[tuple[str, str, Callable[[Run], object]]]:
         ("prepare", "prepare the subject's photos", prepare_run),
         ("identifier", "check the identifier token", check_run),
         ("priors", "class priors from the naive prompt", generate_priors),
-        ("audit", "audit the priors against the photos", audit_run),
+        ("audit", "audit the priors against the photos", audit_and_refine_once),
         ("priors", "priors again, from the refined prompt", generate_priors),
         ("audit", "audit the new priors, report only: did the refined prompt take?", _audit_again),
         ("train", "train (LoRA + prior preservation)", train_run),
@@ -42,6 +42,26 @@ def _steps() -> list[tuple[str, str, Callable[[Run], object]]]:
         ("eval", "score every checkpoint", eval_run),
         ("export", "files for other SD tools", export_run),
     ]
+
+
+def refined_before(run: Run) -> bool:
+    """Whether an audit already wrote a refined class prompt into this run (its ``done`` events list
+    the subjects it changed)."""
+    from lookalike.run import read_jsonl
+
+    return any(row.get("verb") == "audit" and row.get("event") == "done" and row.get("changed")
+               for row in read_jsonl(run.events_path))
+
+
+def audit_and_refine_once(run: Run) -> str:
+    """The story's audit: it refines the class prompt (``audit.apply``) the first time only.
+
+    Run again on its folder, the demo audits the priors it made from the refined prompt, report
+    only: refining again would name more attributes ("short hair"), make a third set of priors and
+    leave the model trained on the second."""
+    from lookalike.prior.audit import audit_run
+
+    return audit_run(run, apply=False if refined_before(run) else None)
 
 
 def _audit_again(run: Run) -> str:

@@ -101,21 +101,22 @@ def condition_overrides(out: Path, condition: str, count: int) -> list[str]:
 def run_condition(folder: Path, condition: str, overrides: list[str], echo: Callable[[str], None]) -> Run:
     """Open and train one condition's run folder with the ordinary verbs (each resumes or reuses its work)."""
     from lookalike.data.prepare import prepare_run
-    from lookalike.demo import open_demo_run
+    from lookalike.demo import audit_and_refine_once, open_demo_run
     from lookalike.metrics.evaluate import eval_run
-    from lookalike.prior.audit import audit_run
     from lookalike.prior.generate import generate_priors
     from lookalike.train.loop import train_run
 
     run = open_demo_run(folder, [*COMMON, *PER_CONDITION[condition], *overrides])
     steps: list[Callable[[Run], object]] = [prepare_run]
     if "train.with_prior_preservation=false" not in PER_CONDITION[condition]:
-        steps += [generate_priors, audit_run, generate_priors]  # the second is a no-op unless the audit applied a prompt
+        # The second priors step is a no-op unless the audit applied a prompt; run again on a folder, the
+        # audit refines nothing more, so a condition trained before keeps the priors it was trained on.
+        steps += [generate_priors, audit_and_refine_once, generate_priors]
     steps += [train_run, eval_run]
     for step in steps:
         t0 = time.perf_counter()
         step(run)
-        echo(f"[{condition}] {step.__module__.rsplit('.', 1)[-1]}: {time.perf_counter() - t0:.0f} s")
+        echo(f"[{condition}] {step.__name__}: {time.perf_counter() - t0:.0f} s")
     return run
 
 
