@@ -78,7 +78,7 @@ def test_the_audit_names_the_subject_clean_shaven(quality):
 
 @missed("bearded + without glasses, paired reading: naive 53% + 8%, refined 45% + 11%, 5 points fewer (no prior loss "
         "23% + 6%); even priors the world renders clean-shaven with glasses leak 56% + 8%, against 55% + 6% for its own "
-        "men: on this toy the leakage comes with the prior loss, whatever the priors show")
+        "men; only priors that are the subject but his star cut it (22% + 6%), and they keep PRES at the no-prior level")
 def test_refined_priors_leak_fewer_beards_and_lost_glasses_than_naive_ones(quality):
     """Read against the subject's own renders through the VAE (lookalike.toyworld.leakage): the probes
     misread the VAE's smeared glasses as a beard on half of his own photos."""

@@ -56,30 +56,38 @@ def test_experiment_measures_every_condition_and_writes_the_table(experiment):
     assert "rendered" not in table
 
 
-def test_rendered_priors_add_two_conditions_trained_on_the_worlds_own_men(experiment, monkeypatch):
+def test_rendered_priors_add_three_conditions_trained_on_the_worlds_own_men(experiment, monkeypatch):
     results, tmp_path, model = experiment
     monkeypatch.setattr(quality, "LEAKAGE_IMAGES", 2)
     trained = {c: (tmp_path / "runs" / c / "checkpoints").stat().st_mtime_ns for c in quality.CONDITIONS}
     more = quality.experiment(tmp_path / "runs", SMALL, model=model, echo=lambda _: None, rendered_priors=True)
     assert set(more["conditions"]) == set(quality.CONDITIONS + quality.RENDERED)
     assert trained == {c: (tmp_path / "runs" / c / "checkpoints").stat().st_mtime_ns for c in quality.CONDITIONS}  # reused
-    for condition, like_subject in (("world-men", False), ("subject-like-men", True)):
+    assert more["conditions"]["refined"]["class_prompt"] == results["conditions"]["refined"]["class_prompt"]  # refined once
+    for condition in quality.RENDERED:
         assert more["conditions"][condition]["trained"]["step"] == 2
         assert more["conditions"][condition]["class_prompt"] == "a photo of a man"
         scenes = json.loads((tmp_path / "runs" / "class-images" / f"{condition}.json").read_text())
         assert len(scenes) == 2 and all(s["gender"] == "man" and s["style"] == "photo" for s in scenes)  # priors.num_images=2
-        if like_subject:
+        assert all(s | quality.rendered_looks(condition) == s for s in scenes)
+        if condition != "world-men":
             assert all(s["beard"] == "no" and s["glasses"] == "yes" for s in scenes)
         manifest = (tmp_path / "runs" / condition / "priors" / "toyperson" / "manifest.jsonl").read_text()
         assert manifest.count('"user_supplied": true') == 2 and f"class-images/{condition}/man-0001.png" in manifest
         assert {f.suffix for f in (tmp_path / "runs" / "class-images" / condition).iterdir()} == {".png"}  # all taken for images
     table = quality.markdown(more)
-    assert table.count("\n| ") == 8 and "the same men clean-shaven, with glasses" in table
+    assert table.count("\n| ") == 9 and "the same men clean-shaven, with glasses" in table
+
+
+def test_the_clones_have_every_look_of_the_toy_person_but_his_mark():
+    clones = quality.rendered_looks("subject-clones")
+    assert clones == {"skin": "light", "hair colour": "black", "hair style": "short", "beard": "no", "glasses": "yes",
+                      "hat": "no", "shirt": "green"}
 
 
 def test_rendered_class_images_differ_from_the_worlds_men_only_in_beards_and_glasses(tmp_path):
-    world = quality.rendered_class_images(tmp_path / "world", 24, like_subject=False)
-    like = quality.rendered_class_images(tmp_path / "like", 24, like_subject=True)
+    world = quality.rendered_class_images(tmp_path / "world", 24, quality.rendered_looks("world-men"))
+    like = quality.rendered_class_images(tmp_path / "like", 24, quality.rendered_looks("subject-like-men"))
     world_scenes, like_scenes = (json.loads(f.with_suffix(".json").read_text()) for f in (world, like))
     assert [s["seed"] for s in world_scenes] == [s["seed"] for s in like_scenes]
     assert {s["beard"] for s in world_scenes} == {"yes", "no"}  # the world's skew, not the subject's
@@ -88,12 +96,12 @@ def test_rendered_class_images_differ_from_the_worlds_men_only_in_beards_and_gla
         same_man = (w["beard"], w["glasses"]) == ("no", "yes")
         assert ((world / f"man-{i:04d}.png").read_bytes() == (like / f"man-{i:04d}.png").read_bytes()) == same_man
     before = (like / "man-0000.png").stat().st_mtime_ns
-    assert quality.rendered_class_images(tmp_path / "like", 24, like_subject=True) == like  # complete: reused
+    assert quality.rendered_class_images(tmp_path / "like", 24, {"beard": "no", "glasses": "yes"}) == like  # complete: reused
     assert (like / "man-0000.png").stat().st_mtime_ns == before
     like.with_suffix(".json").unlink()  # an interrupted rendering has no scenes file: it is done again
-    quality.rendered_class_images(tmp_path / "like", 24, like_subject=True)
+    quality.rendered_class_images(tmp_path / "like", 24, {"beard": "no", "glasses": "yes"})
     assert len(json.loads(like.with_suffix(".json").read_text())) == 24 and len(list(like.iterdir())) == 24
-    quality.rendered_class_images(tmp_path / "like", 10, like_subject=True)  # fewer: none of the 24 is left over
+    quality.rendered_class_images(tmp_path / "like", 10, {"beard": "no", "glasses": "yes"})  # fewer: none of the 24 is left over
     assert len(json.loads(like.with_suffix(".json").read_text())) == 10 and len(list(like.iterdir())) == 10
 
 

@@ -12,11 +12,13 @@
 * ``embedding``: textual inversion, only the identifier's token embedding learns
   (``train.method=embedding``, learning rate 2.5e-4, no priors: they could not change anything).
 
-With ``--rendered-priors``, two more conditions ask what priors could do at best: their class
+With ``--rendered-priors``, three more conditions ask what priors could do at best: their class
 images are not generated but rendered by the toy world itself, so their attributes are known, not
 read by probes. ``world-men``: 100 men as the world draws them, in photo style (half bearded, 12%
 with glasses); ``subject-like-men``: the same 100 men made clean-shaven and given glasses, the
-priors a perfect audit would ask for. Both keep the class prompt "a photo of a man".
+priors a perfect audit would ask for; ``subject-clones``: the same 100 men given every one of the
+subject's looks but his mark (skin, hair, beard, glasses, hat, shirt), priors that are the
+subject in all but name. All keep the class prompt "a photo of a man".
 
 Each is trained and evaluated with the ordinary verbs; the eval report gives likeness (toy CLIP-I
 of identifier prompts against the photos), CLIP-T and PRES for the base model and the trained one.
@@ -43,7 +45,7 @@ from lookalike.errors import LookalikeError
 from lookalike.run import Run, atomic_write_text
 
 CONDITIONS = ("naive", "refined", "no-prior", "embedding")
-RENDERED = ("world-men", "subject-like-men")  # opt-in (--rendered-priors): priors rendered by the world
+RENDERED = ("world-men", "subject-like-men", "subject-clones")  # opt-in (--rendered-priors): priors the world renders
 LEAKAGE_IMAGES = 64  # a share of 64 images: standard error 6 points at most
 # Shared by every condition: a checkpoint only at the end, and more eval samples than the demo's.
 COMMON = ["train.checkpoint_every=1000000", "eval.samples_per_prompt=8", "eval.include_base=true"]
@@ -60,11 +62,22 @@ for _name in RENDERED:  # subject.class_images is added per experiment folder (r
 RENDERED_SEEDS = 300_000_000  # scenes no toy build trained on (training 0-19,999, held out from 10,000,000, retext from 200,000,000)
 
 
-def rendered_class_images(folder: Path, count: int, like_subject: bool) -> Path:
+def rendered_looks(condition: str) -> dict:
+    """The attributes a rendered condition sets on every man it draws (none: the world's own men)."""
+    from lookalike.toyworld.subjects import LOOKS
+
+    return {
+        "world-men": {},
+        "subject-like-men": {"beard": "no", "glasses": "yes"},
+        "subject-clones": {k: v for k, v in LOOKS["toyperson"].items() if k not in ("class", "gender", "marking")},
+    }[condition]
+
+
+def rendered_class_images(folder: Path, count: int, looks: dict) -> Path:
     """``count`` men rendered by the toy world in photo style, as class images (PNG) in ``folder``,
     with their scenes in ``folder.json`` beside it (not inside: every file in a class-images folder is
-    taken for an image); ``like_subject`` makes every one clean-shaven with glasses. The same seeds
-    either way, so the two sets differ only in beards and glasses. A complete folder is reused."""
+    taken for an image); ``looks`` overrides their attributes (``{"beard": "no"}``). The same seeds
+    whatever the looks, so two sets differ only in what ``looks`` sets. A complete folder is reused."""
     from PIL import Image
 
     from lookalike.toyworld.render import render
@@ -82,8 +95,7 @@ def rendered_class_images(folder: Path, count: int, like_subject: bool) -> Path:
         seed += 1
         if scene["gender"] != "man":
             continue
-        if like_subject:
-            scene |= {"beard": "no", "glasses": "yes"}
+        scene |= looks
         Image.fromarray(render(scene)).save(folder / f"man-{len(scenes):04d}.png")
         scenes.append(scene)
     atomic_write_text(scenes_file, json.dumps(scenes, indent=1) + "\n")  # written last: marks the folder complete
@@ -94,7 +106,7 @@ def condition_overrides(out: Path, condition: str, count: int) -> list[str]:
     """The condition's own overrides; a rendered condition's class images are rendered under ``out`` first."""
     if condition not in RENDERED:
         return []
-    images = rendered_class_images(out / "class-images" / condition, count, like_subject=condition == "subject-like-men")
+    images = rendered_class_images(out / "class-images" / condition, count, rendered_looks(condition))
     return [f"subject.class_images={images}"]
 
 
@@ -202,7 +214,7 @@ def photo_attributes(run: Run, judge, vae) -> dict:
 
 def experiment(out: Path, overrides: list[str] = (), model: Path | None = None, echo: Callable[[str], None] = print,
                rendered_priors: bool = False) -> dict:
-    """Run (or resume) the four conditions under ``out`` (six with ``rendered_priors``) and return
+    """Run (or resume) the four conditions under ``out`` (seven with ``rendered_priors``) and return
     every figure; writes quality.json."""
     started = time.perf_counter()
     pointing = model_overrides(model)  # a wrong --model fails here, before anything is written
@@ -255,7 +267,9 @@ def markdown(results: dict) -> str:
     lines.append(row("base model", base))
     labels = {"naive": "trained, naive priors", "refined": "trained, refined priors", "no-prior": "trained, no prior loss",
               "embedding": "textual inversion (embedding only)",
-              "world-men": "trained, rendered priors: the world's men", "subject-like-men": "trained, rendered priors: the same men clean-shaven, with glasses"}
+              "world-men": "trained, rendered priors: the world's men",
+              "subject-like-men": "trained, rendered priors: the same men clean-shaven, with glasses",
+              "subject-clones": "trained, rendered priors: the same men with all the subject's looks"}
     lines += [row(labels[name], c[name]["trained"]) for name in CONDITIONS + RENDERED if name in c]
     photos, check = results["photos"], results["paired_check"]
     lines += [
@@ -272,8 +286,9 @@ def markdown(results: dict) -> str:
     ]
     if any(name in c for name in RENDERED):
         lines[-1] += (" Rendered priors (`--rendered-priors`): class images drawn by the toy world, not generated, "
-                      "so their beards and glasses are known: the same men in photo style, as the world draws them "
-                      "and all clean-shaven with glasses; class prompt `a photo of a man`.")
+                      "so their beards and glasses are known: the same men in photo style, as the world draws them, "
+                      "all clean-shaven with glasses, and with all of the subject's looks but his mark; class prompt "
+                      "`a photo of a man`.")
     return "\n".join(lines)
 
 
@@ -283,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", type=Path, default=None, help="a build's export folder (pipeline/ and clip/); default: the shipped toy model")
     p.add_argument("--docs", default=None, help="write the figures into DOCS/QUALITY.md")
     p.add_argument("--rendered-priors", action="store_true",
-                   help="two more conditions whose priors the toy world renders (its men; the same men clean-shaven with glasses)")
+                   help="three more conditions whose priors the toy world renders: its men; the same men clean-shaven "
+                   "with glasses; the same men with all the subject's looks")
     p.add_argument("overrides", nargs="*", help="config overrides for every condition, e.g. train.max_steps=400")
     args = p.parse_args(argv)
     try:
